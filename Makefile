@@ -1,0 +1,63 @@
+# mammopath — `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SYNTH := data/synth
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-all lint format bench reproduce reproduce-demo tensorboard clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip >/dev/null
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install mammopath (editable) with dev tools
+
+$(SYNTH)/manifest.csv: | $(BIN)/.installed
+	$(BIN)/mammopath synth --out $(SYNTH) --seed 0
+
+demo: install $(SYNTH)/manifest.csv ## synth → validate → fit → test on held-out domains → results/demo
+	$(BIN)/mammopath validate-manifest $(SYNTH)/manifest.csv --root $(SYNTH) --holdout hospital_c centre_3
+	$(BIN)/mammopath fit --config experiments/demo.yaml
+	$(BIN)/mammopath test --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+	@echo "results: results/demo/ (metrics_by_domain.md, lodo_summary.md, roc.png); logs: make tensorboard"
+
+test: install ## fast test suite (CPU, < 10 min)
+	$(BIN)/python -m pytest -q
+
+test-all: install ## every test, slow ones included
+	$(BIN)/python -m pytest -q -m "not gpu and not data"
+
+lint: install ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check mammopath tests bench
+	$(BIN)/ruff format --check mammopath tests bench
+	$(BIN)/mypy
+
+format: install ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix mammopath tests bench
+	$(BIN)/ruff format mammopath tests bench
+
+bench: install ## benchmarks: ratios against the raw libraries doing the same work
+	$(BIN)/python -m bench
+
+reproduce-demo: demo ## the demo, then a report with figures in results/report-demo
+	$(BIN)/mammopath report results/demo --out results/report-demo
+
+reproduce: install ## LODO folds on prepared benchmarks (needs MAMMOPATH_DATA; see docs/reproduction.md)
+	@test -n "$$MAMMOPATH_DATA" || (echo "set MAMMOPATH_DATA to the folder holding the prepared manifests (docs/reproduction.md)"; exit 2)
+	@ls experiments/lodo/*.yaml >/dev/null 2>&1 || (echo "no LODO configs in experiments/lodo/ yet"; exit 2)
+	@for cfg in experiments/lodo/*.yaml; do \
+		$(BIN)/mammopath fit --config experiments/base.yaml --config $$cfg || exit 1; \
+	done
+
+tensorboard: install ## TensorBoard on runs/
+	$(BIN)/tensorboard --logdir runs
+
+clean: ## remove generated data, runs and results (keeps .venv)
+	rm -rf data runs results lightning_logs

@@ -1,0 +1,3 @@
+"""mammopath: domain-generalized cross-modal learning for mammography and histopathology."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,266 @@
+"""Mammogram DICOM reader: stored values to a display-consistent float image in [0, 1].
+
+Pipeline (PS3.3 C.7.6.3.1 / C.11, in this order): decode → modality LUT or rescale → VOI LUT or
+window (only when present and ``voi="auto"``) → polarity (MONOCHROME1 or Presentation LUT Shape
+INVERSE are inverted *after* VOI, never before) → scale to [0, 1] by the output range of the last
+applied step (for raw data: the BitsStored range, so a 12-bit image is divided by 4095, not 65535).
+
+Every applied step is recorded in ``meta["steps"]``. ``meta`` carries no patient-identifying value.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import UID
+
+from mammopath.errors import DicomReadError, MissingDecoderError
+
+log = logging.getLogger(__name__)
+
+#: Compressed transfer syntaxes -> the Python package that decodes them for pydicom.
+DECODER_PACKAGES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",  # HTJ2K
+}
+
+_VIEW_ALIASES = {"ML": "MLO", "MLO": "MLO", "CC": "CC", "XCCL": "XCCL", "LM": "LM", "FB": "FB"}
+
+
+def _syntax_name(uid: str) -> str:
+    try:
+        return f"{UID(uid).name} ({uid})"
+    except Exception:  # pragma: no cover - pydicom knows every standard UID
+        return uid
+
+
+def check_decoder(transfer_syntax: str, path: str | Path = "<dataset>") -> None:
+    """Fail early when no installed plugin can decode ``transfer_syntax``.
+
+    Raises:
+        MissingDecoderError: naming the syntax and the package to install.
+    """
+    from pydicom.pixels import get_decoder
+
+    uid = UID(transfer_syntax)
+    if not uid.is_compressed:
+        return
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError as exc:
+        raise MissingDecoderError(path, f"transfer syntax {_syntax_name(uid)} is not supported by pydicom") from exc
+    if not decoder.is_available:
+        package = DECODER_PACKAGES.get(str(uid), "pylibjpeg with the matching plugin")
+        raise MissingDecoderError(
+            path, f"no installed decoder for transfer syntax {_syntax_name(uid)}; install '{package}'"
+        )
+
+
+def _output_range(ds: pydicom.Dataset, voi_step: str | None) -> tuple[float, float]:
+    """Range of values after the last applied step, used to scale to [0, 1]."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    if voi_step == "voi_lut":
+        depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**depth - 1)
+    if ds.get("ModalityLUTSequence"):
+        depth = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**depth - 1)
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    lo, hi = lo * slope + intercept, hi * slope + intercept
+    return (min(lo, hi), max(lo, hi))
+
+
+def _pixel_spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(tag)
+        if value is not None and len(value) == 2:
+            try:
+                spacing = (float(value[0]), float(value[1]))
+            except (TypeError, ValueError):
+                continue
+            if spacing[0] > 0 and spacing[1] > 0:
+                return spacing, tag
+    return None, None
+
+
+def _laterality(ds: pydicom.Dataset) -> tuple[str | None, str | None]:
+    for tag in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(tag, "") or "").strip().upper()
+        if value in ("L", "R"):
+            return value, tag
+    return None, None
+
+
+def infer_laterality(image: np.ndarray) -> str:
+    """Guess laterality from where the tissue lies, for files without a laterality tag.
+
+    Assumes the common convention (DDSM/CBIS-DDSM, INbreast) that the chest wall of a left breast is
+    on the image's left edge. Only used when no tag is present, and recorded as
+    ``laterality_source="inferred"`` so that users can audit it.
+    """
+    half = image.shape[1] // 2
+    return "L" if float(image[:, :half].sum()) >= float(image[:, half:].sum()) else "R"
+
+
+def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a mammogram DICOM as float32 in [0, 1] with tissue bright.
+
+    Args:
+        path: the DICOM file.
+        voi: ``"auto"`` applies a VOI LUT or the first window when present; ``"none"`` skips VOI.
+
+    Returns:
+        ``(image, meta)``: a (H, W) float32 array and a dict with ``laterality``,
+        ``laterality_source``, ``view``, ``pixel_spacing`` (row, col mm), ``pixel_spacing_source``
+        (``PixelSpacing``/``ImagerPixelSpacing``/None), ``photometric``, ``transfer_syntax``,
+        ``bits_stored``, ``inverted``, ``steps``.
+
+    Raises:
+        DicomReadError: unreadable, truncated or pixel-less file (names the file and the reason).
+        MissingDecoderError: the transfer syntax needs a plugin that is not installed.
+    """
+    path = Path(path)
+    if voi not in ("auto", "none"):
+        raise ValueError(f"voi must be 'auto' or 'none', got {voi!r}")
+    try:
+        ds = pydicom.dcmread(path)
+    except FileNotFoundError as exc:
+        raise DicomReadError(path, "file not found") from exc
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise DicomReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds:
+        raise DicomReadError(path, "the DICOM has no PixelData element (not an image, or truncated header)")
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+    check_decoder(syntax, path)
+    try:
+        stored = ds.pixel_array
+    except (ValueError, RuntimeError, EOFError, OSError, KeyError, AttributeError, TypeError) as exc:
+        raise DicomReadError(
+            path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc}); the file may be truncated"
+        ) from exc
+    if stored.ndim != 2:
+        raise DicomReadError(path, f"expected one 2-D greyscale frame, got pixel array of shape {stored.shape}")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomReadError(path, f"PhotometricInterpretation {photometric} is not a greyscale mammogram")
+
+    steps: list[str] = []
+    arr = apply_modality_lut(stored, ds).astype(np.float64)
+    if ds.get("ModalityLUTSequence"):
+        steps.append("modality_lut")
+    elif float(ds.get("RescaleSlope", 1.0) or 1.0) != 1.0 or float(ds.get("RescaleIntercept", 0.0) or 0.0) != 0.0:
+        steps.append("rescale")
+
+    voi_step: str | None = None
+    if voi == "auto":
+        if ds.get("VOILUTSequence"):
+            voi_step = "voi_lut"
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            voi_step = "window"
+        if voi_step is not None:
+            arr = apply_voi_lut(arr, ds, index=0).astype(np.float64)
+            steps.append(voi_step)
+    lo, hi = _output_range(ds, voi_step)
+    image = np.clip((arr - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+    inverse_shape = str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
+    inverted = (photometric == "MONOCHROME1") != inverse_shape
+    if inverted:
+        image = 1.0 - image
+        steps.append("invert")
+
+    laterality, laterality_source = _laterality(ds)
+    if laterality is None:
+        laterality, laterality_source = infer_laterality(image), "inferred"
+    view = _VIEW_ALIASES.get(str(ds.get("ViewPosition", "") or "").strip().upper())
+    spacing, spacing_source = _pixel_spacing(ds)
+    meta: dict[str, Any] = {
+        "laterality": laterality,
+        "laterality_source": laterality_source,
+        "view": view,
+        "pixel_spacing": spacing,
+        "pixel_spacing_source": spacing_source,
+        "photometric": photometric,
+        "transfer_syntax": syntax,
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "inverted": inverted,
+        "steps": steps,
+        "shape": tuple(int(s) for s in image.shape),
+    }
+    return image.astype(np.float32), meta
+
+
+def canonical_laterality(image: np.ndarray, laterality: str | None, side: str = "L") -> np.ndarray:
+    """Mirror an image horizontally so every breast faces the same way.
+
+    Args:
+        image: (H, W) or (H, W, C).
+        laterality: the image's breast side, ``"L"`` or ``"R"``.
+        side: canonical side; images of the other laterality are flipped left-right.
+    """
+    if laterality in ("L", "R") and laterality != side:
+        return np.ascontiguousarray(image[:, ::-1])
+    return image
+
+
+def breast_bbox(image: np.ndarray, threshold: float = 0.05, margin: int = 0) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1) of pixels above ``threshold`` (the breast, tissue bright).
+
+    Returns the whole image when nothing is above the threshold.
+    """
+    rows = np.flatnonzero((image > threshold).any(axis=1))
+    cols = np.flatnonzero((image > threshold).any(axis=0))
+    h, w = image.shape[:2]
+    if rows.size == 0 or cols.size == 0:
+        return 0, 0, w, h
+    y0, y1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, h)
+    x0, x1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, w)
+    return x0, y0, x1, y1
+
+
+def crop_breast(image: np.ndarray, threshold: float = 0.05, margin: int = 0) -> np.ndarray:
+    """Crop a mammogram to its breast region (see :func:`breast_bbox`)."""
+    x0, y0, x1, y1 = breast_bbox(image, threshold, margin)
+    return image[y0:y1, x0:x1]
+
+
+def read_roi_mask(path: str | Path) -> np.ndarray:
+    """Read a binary lesion-mask DICOM (CBIS-DDSM ROI style, 0/255) as a bool array.
+
+    Raises:
+        DicomReadError: unreadable file or not a single 2-D frame.
+    """
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+        check_decoder(str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")), path)
+        arr = ds.pixel_array
+    except MissingDecoderError:
+        raise
+    except FileNotFoundError as exc:
+        raise DicomReadError(path, "mask file not found") from exc
+    except Exception as exc:
+        raise DicomReadError(path, f"cannot read ROI mask ({type(exc).__name__}: {exc})") from exc
+    if arr.ndim != 2:
+        raise DicomReadError(path, f"ROI mask must be one 2-D frame, got shape {arr.shape}")
+    return np.asarray(arr) > 0

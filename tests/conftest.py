@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny synthetic benchmark written once per test session."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mammopath.synth.styles import SynthConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def tiny_config() -> SynthConfig:
+    """The default benchmark shrunk to seconds: 6 patients per hospital, 4 small slides per centre."""
+    return replace(SynthConfig(), mammo_patients_per_domain=6, slides_per_domain=4, slide_size=512, tile=128)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mammopath.synth.benchmark import make_synth_benchmark
+
+    root = tmp_path_factory.mktemp("synth")
+    make_synth_benchmark(root, seed=0, cfg=tiny_config())
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_samples() -> Path:
+    """The genuine benchmark metadata files (skipped with a reason when ../shared is absent)."""
+    path = SHARED / "real_samples"
+    if not path.is_dir():
+        pytest.skip(f"genuine sample files not found at {path} (clone without ../shared)")
+    return path
