@@ -14,8 +14,8 @@ SHARED = REPO.parent / "shared"
 
 
 def tiny_config() -> SynthConfig:
-    """The default benchmark shrunk to seconds: 6 patients per hospital, 4 small slides per centre."""
-    return replace(SynthConfig(), mammo_patients_per_domain=6, slides_per_domain=4, slide_size=512, tile=128)
+    """The default benchmark shrunk to seconds: 6 patients per hospital, 6 small slides per centre."""
+    return replace(SynthConfig(), mammo_patients_per_domain=6, slides_per_domain=6, slide_size=512, tile=128)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ class MammoStyle:
     spacing_tag: str = "ImagerPixelSpacing"
     spacing_mm: float = 0.1
     compression: str = "none"  # "none" | "jpeg2000" (lossless)
-    marker_rate: tuple[float, float] = (0.1, 0.8)  # P(marker | benign), P(marker | malignant)
+    marker_rate: tuple[float, float] = (0.25, 0.75)  # P(marker | benign), P(marker | malignant)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class SynthConfig:
             ),
             MammoStyle(
                 "hospital_c", bits_stored=14, gamma=1.5, contrast=1.1, offset=0.05, noise=0.03, blur=0.8,
-                compression="jpeg2000", marker_rate=(0.8, 0.1),
+                compression="jpeg2000", marker_rate=(0.75, 0.25),
             ),
         )
     )
@@ -78,7 +78,7 @@ class SynthConfig:
             ),
             PathoStyle(
                 "centre_3", h_vector=(0.72, 0.62, 0.32), e_vector=(0.05, 0.92, 0.38), h_scale=0.85, e_scale=1.25,
-                blur=1.0, jpeg_quality=85, mpp=0.5, compression="jpeg2000", marker_rate=(0.8, 0.1),
+                blur=1.0, jpeg_quality=85, mpp=0.5, compression="jpeg2000", marker_rate=(0.75, 0.25),
             ),
         )
     )

@@ -1,0 +1,238 @@
+"""Command line: `mammopath` (also installed as `lightning`, and `python -m mammopath`).
+
+Training commands are LightningCLI subcommands (``fit``, ``validate``, ``test``, ``predict``),
+configured by YAML files composed left to right (``--config a.yaml --config b.yaml``). The data
+commands (``synth``, ``prepare``, ``tile``, ``validate-manifest``, ``report``) are plain argparse
+commands with rich output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mammopath.errors import MammopathError
+
+console = Console(stderr=False)
+log = logging.getLogger("mammopath")
+
+DATA_COMMANDS_HELP = """data commands:
+  synth               write the synthetic multi-hospital benchmark (real formats) and its manifest
+  prepare             build a manifest from a benchmark release (cbis-ddsm, inbreast, bach, camelyon16/17)
+  tile                turn slide rows into patch rows (tissue detection, tumour fraction)
+  validate-manifest   check a manifest against its data root
+  report              merge result folders into one table with figures
+training commands (LightningCLI): fit, validate, test, predict  (see `mammopath fit --help`)"""
+
+
+def _cmd_synth(argv: Sequence[str]) -> int:
+    from mammopath.synth.benchmark import make_synth_benchmark
+    from mammopath.synth.styles import SynthConfig
+
+    parser = argparse.ArgumentParser(prog="mammopath synth", description="Write the synthetic benchmark.")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mammo-patients", type=int, default=None, help="patients per mammography domain")
+    parser.add_argument("--slides", type=int, default=None, help="slides per pathology domain")
+    args = parser.parse_args(argv)
+    cfg = SynthConfig()
+    overrides = {}
+    if args.mammo_patients is not None:
+        overrides["mammo_patients_per_domain"] = args.mammo_patients
+    if args.slides is not None:
+        overrides["slides_per_domain"] = args.slides
+    if overrides:
+        from dataclasses import replace
+
+        cfg = replace(cfg, **overrides)
+    total_mammo = 2 * cfg.mammo_patients_per_domain * len(cfg.mammo_styles)
+    total_slides = cfg.slides_per_domain * len(cfg.patho_styles)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        tasks = {
+            "mammo": progress.add_task("mammograms (DICOM)", total=total_mammo),
+            "patho": progress.add_task("slides (pyramidal TIFF)", total=total_slides),
+        }
+        manifest = make_synth_benchmark(args.out, seed=args.seed, cfg=cfg, progress=lambda k, n: progress.advance(tasks[k], n))
+    from mammopath.manifest import summarize
+
+    _print_frame(summarize(manifest), f"synthetic benchmark → {Path(args.out) / 'manifest.csv'}")
+    return 0
+
+
+def _print_frame(df, title: str) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in df.columns:
+        table.add_column(str(column), overflow="fold")
+    for _, row in df.iterrows():
+        table.add_row(*(str(v) for v in row.tolist()))
+    console.print(table)
+
+
+def _cmd_validate_manifest(argv: Sequence[str]) -> int:
+    from mammopath.manifest import load_manifest, summarize
+
+    parser = argparse.ArgumentParser(prog="mammopath validate-manifest", description="Validate a manifest.")
+    parser.add_argument("manifest")
+    parser.add_argument("--root", default=None, help="data root (default: the manifest's folder)")
+    parser.add_argument("--no-check-files", action="store_true", help="skip checking that files exist")
+    parser.add_argument("--holdout", nargs="*", default=[], help="domains that must be present (LODO fold)")
+    args = parser.parse_args(argv)
+    root = Path(args.root) if args.root else Path(args.manifest).parent
+    df = load_manifest(args.manifest, root, check_files=not args.no_check_files, required_domains=args.holdout)
+    _print_frame(summarize(df), f"{args.manifest}: valid ({len(df)} rows, {df['patient_id'].nunique()} patients)")
+    return 0
+
+
+def _cmd_report(argv: Sequence[str]) -> int:
+    from mammopath.report import make_report, render_table
+
+    parser = argparse.ArgumentParser(prog="mammopath report", description="Merge result folders into one report.")
+    parser.add_argument("results", nargs="+", help="result folders (each with metrics_by_domain.csv)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    summary = make_report(args.results, args.out)
+    console.print(render_table(summary, "leave-one-domain-out summary"))
+    console.print(f"report written to [bold]{args.out}[/bold]")
+    return 0
+
+
+def _cmd_prepare(argv: Sequence[str]) -> int:
+    from mammopath.datasets import BUILDERS, builder
+    from mammopath.manifest import summarize, validate_manifest, write_manifest
+
+    parser = argparse.ArgumentParser(prog="mammopath prepare", description="Build a manifest from a benchmark release.")
+    parser.add_argument("benchmark", choices=sorted(BUILDERS))
+    parser.add_argument("--root", required=True, help="the release folder as downloaded")
+    parser.add_argument("--out", required=True, help="manifest to write (.csv or .parquet)")
+    parser.add_argument("--metadata", default=None, help="folder holding the metadata files, if not in --root")
+    args = parser.parse_args(argv)
+    module = builder(args.benchmark)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task(f"prepare {args.benchmark}", total=None)
+
+        def advance(total: int | None = None, step: int = 1) -> None:
+            if total is not None:
+                progress.update(task, total=total)
+            else:
+                progress.advance(task, step)
+
+        result = module.prepare(Path(args.root), metadata=args.metadata, progress=advance)
+    manifest = validate_manifest(result.manifest, args.root, source=args.out)
+    write_manifest(manifest, args.out)
+    _print_frame(summarize(manifest), f"{args.benchmark} → {args.out} ({len(manifest)} rows)")
+    if len(result.dropped):
+        reasons = result.dropped.groupby("reason").size().reset_index(name="count")
+        _print_frame(reasons, "dropped (item counts by reason)")
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    return 0
+
+
+def _cmd_tile(argv: Sequence[str]) -> int:
+    from mammopath.datasets.tiling import tile_manifest
+    from mammopath.manifest import load_manifest, summarize, validate_manifest, write_manifest
+
+    parser = argparse.ArgumentParser(prog="mammopath tile", description="Slide rows → patch rows.")
+    parser.add_argument("manifest", help="manifest whose pathology slide rows are tiled")
+    parser.add_argument("--out", required=True, help="patch manifest to write")
+    parser.add_argument("--root", default=None, help="data root (default: the manifest's folder)")
+    parser.add_argument("--size", type=int, default=224, help="patch size in output pixels")
+    parser.add_argument("--mpp", type=float, default=0.5, help="patch resolution in µm/px")
+    parser.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept patch")
+    args = parser.parse_args(argv)
+    root = Path(args.root) if args.root else Path(args.manifest).parent
+    slides = load_manifest(args.manifest, root)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("tile slides", total=None)
+
+        def advance(total: int | None = None, step: int = 1) -> None:
+            if total is not None:
+                progress.update(task, total=total)
+            else:
+                progress.advance(task, step)
+
+        result = tile_manifest(
+            slides, root, size=args.size, mpp=args.mpp, min_tissue=args.min_tissue, progress=advance
+        )
+    patches = validate_manifest(result.manifest, root, source=args.out)
+    write_manifest(patches, args.out)
+    _print_frame(summarize(patches), f"patches → {args.out} ({len(patches)} rows)")
+    if len(result.dropped):
+        _print_frame(result.dropped, "slides without patches")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "tile": _cmd_tile,
+    "prepare": _cmd_prepare,
+    "synth": _cmd_synth,
+    "validate-manifest": _cmd_validate_manifest,
+    "report": _cmd_report,
+}
+
+
+def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True):  # type: ignore[no-untyped-def]
+    """The LightningCLI for MammoPathModule + CrossModalDataModule (``args`` as on the command line)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from mammopath.datamodules.crossmodal import CrossModalDataModule
+    from mammopath.models.module import MammoPathModule
+
+    class MammoPathCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):  # type: ignore[no-untyped-def]
+            parser.link_arguments("data.image_size", "model.img_size")
+            parser.link_arguments("data.grade_schemes", "model.grade_schemes", apply_on="instantiate")
+
+    return MammoPathCLI(
+        MammoPathModule,
+        CrossModalDataModule,
+        args=list(args) if args is not None else None,
+        run=run,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"epilog": DATA_COMMANDS_HELP},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `mammopath`, `lightning` and `python -m mammopath`."""
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    if argv and argv[0] in COMMANDS:
+        try:
+            return COMMANDS[argv[0]](argv[1:])
+        except MammopathError as exc:
+            console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+            return 2
+    if not argv or argv[0] in ("-h", "--help"):
+        console.print(DATA_COMMANDS_HELP, highlight=False, markup=False)
+    try:
+        run_lightning_cli(None if from_command_line else argv)
+    except MammopathError as exc:
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""`ManifestDataset`: one manifest row → one sample dict, for either modality.
+
+The dataset holds only plain data (the validated manifest rows and the data root); slide handles
+and parsed annotations are opened lazily per process (:class:`~mammopath.io.slide.SlideCache`),
+so it pickles cleanly for ``fork`` and ``spawn`` workers.
+
+Sample keys (CONVENTIONS.md): ``image`` (C, H, W) float in [0, 1] (C = 1 for mammograms, 3 for
+pathology), ``mask`` (H, W) float, ``has_mask``, ``label`` (-1 = missing), ``grade`` (-1 =
+missing), ``grade_scheme``, ``modality``, ``domain``, ``patient_id``, ``sample_id``, ``meta``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from mammopath.errors import ConfigError, DataFormatError
+from mammopath.io.dicom import canonical_laterality, crop_breast, read_mammogram, read_roi_mask
+from mammopath.io.slide import SlideCache
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=64)
+def _polygons(path: str, pid: int) -> list[Any]:
+    """Parsed annotation polygons of one XML file (cached per process)."""
+    from mammopath.io.annotations import read_asap_xml, read_imagescope_xml, read_inbreast_xml
+
+    text = Path(path).read_text(errors="replace")[:4000]
+    if "<ASAP_Annotations" in text:
+        return read_asap_xml(path)
+    if "<plist" in text or "<!DOCTYPE plist" in text:
+        return read_inbreast_xml(path)
+    if "<Annotations" in text:
+        return read_imagescope_xml(path)
+    raise DataFormatError(path, "unknown annotation format (expected ASAP, ImageScope or INbreast plist XML)")
+
+
+def _resize(array: np.ndarray, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(H, W[, C]) array → (C, h, w) float tensor resized with antialiasing (area for masks)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
+    tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor
+    if mode == "area":
+        return F.interpolate(tensor[None], size=size, mode="area")[0]
+    return F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def _int_or(value: Any, default: int = -1) -> int:
+    return default if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else int(value)
+
+
+class ManifestDataset(Dataset):
+    """Samples of a validated manifest (see :func:`mammopath.manifest.load_manifest`).
+
+    Args:
+        manifest: validated manifest rows (typically one modality, one split).
+        root: data root the manifest paths are relative to.
+        image_size: output (H, W) of every image.
+        canonical_side: mirror mammograms so the breast is on this side (``"L"``/``"R"``, None = off).
+        crop_breast: crop mammograms to the breast bounding box before resizing.
+        augment: random flips / 90° rotations (pathology) and vertical flips (mammography).
+        slide_cache_size: open slides kept per process.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        root: str | Path,
+        *,
+        image_size: int | tuple[int, int] = 224,
+        canonical_side: str | None = "L",
+        crop_breast: bool = False,
+        augment: bool = False,
+        slide_cache_size: int = 16,
+        seed: int = 0,
+    ):
+        self.rows = manifest.reset_index(drop=True)
+        self.root = Path(root)
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.canonical_side = canonical_side
+        self.crop_breast = crop_breast
+        self.augment = augment
+        self.seed = seed
+        self.slides = SlideCache(slide_cache_size)
+        self._records = self.rows.to_dict("records")
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # -- modality readers ------------------------------------------------------------------------
+    def _mammo(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+        image, meta = read_mammogram(self.root / row["path"])
+        mask = None
+        if row.get("roi_path"):
+            roi = self.root / row["roi_path"]
+            if roi.suffix.lower() == ".xml":
+                from mammopath.io.annotations import rasterize
+
+                mask = rasterize(_polygons(str(roi), os.getpid()), image.shape)
+            else:
+                mask = read_roi_mask(roi)
+                if mask.shape != image.shape:
+                    raise DataFormatError(
+                        roi, f"ROI mask shape {mask.shape} differs from its image {image.shape} (sample {row['sample_id']})"
+                    )
+        laterality = row.get("laterality") or meta["laterality"]
+        if self.canonical_side:
+            image = canonical_laterality(image, laterality, self.canonical_side)
+            if mask is not None:
+                mask = canonical_laterality(mask, laterality, self.canonical_side)
+        if self.crop_breast:
+            from mammopath.io.dicom import breast_bbox
+
+            x0, y0, x1, y1 = breast_bbox(image)
+            image = crop_breast(image)
+            if mask is not None:
+                mask = mask[y0:y1, x0:x1]
+        return image, mask, {"laterality": laterality, "view": row.get("view") or meta["view"] or ""}
+
+    def _patho(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+        path = self.root / row["path"]
+        if pd.isna(row.get("x")):
+            from mammopath.io.microscopy import read_microscopy
+
+            return read_microscopy(path).astype(np.float32) / 255.0, None, {}
+        slide_mpp = row.get("slide_mpp")
+        slide = self.slides.get(path, None if pd.isna(slide_mpp) else float(slide_mpp))
+        size = int(row["size"])
+        location = (int(row["x"]), int(row["y"]))
+        target_mpp = None if pd.isna(row.get("mpp")) else float(row["mpp"])
+        if target_mpp is None:
+            region = slide.read_region(location, size, level=_int_or(row.get("level"), 0))
+            downsample = slide.level_downsamples[_int_or(row.get("level"), 0)]
+        else:
+            region = slide.read_region(location, size, target_mpp)
+            downsample = target_mpp / slide.require_mpp()
+        mask = None
+        if row.get("roi_path"):
+            from mammopath.io.annotations import rasterize
+
+            polygons = _polygons(str(self.root / row["roi_path"]), os.getpid())
+            mask = rasterize(polygons, (size, size), downsample=downsample, origin=location)
+        return region.astype(np.float32) / 255.0, mask, {}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self._records[index]
+        modality = row["modality"]
+        if modality == "mammo":
+            image, mask, extra = self._mammo(row)
+        elif modality == "patho":
+            image, mask, extra = self._patho(row)
+        else:  # validated manifests never get here
+            raise ConfigError(f"row {index}: unknown modality {modality!r}")
+        image_t = _resize(image, self.image_size, "bilinear").clamp_(0.0, 1.0)
+        has_mask = mask is not None
+        mask_t = _resize(mask.astype(np.float32), self.image_size, "area")[0] if has_mask else torch.zeros(self.image_size)
+        if self.augment:
+            image_t, mask_t = self._augment(image_t, mask_t, modality, index)
+        return {
+            "image": image_t,
+            "mask": mask_t,
+            "has_mask": has_mask,
+            "label": _int_or(row.get("label")),
+            "grade": _int_or(row.get("grade")),
+            "grade_scheme": row.get("grade_scheme") or "",
+            "modality": modality,
+            "domain": row["domain"],
+            "patient_id": row["patient_id"],
+            "sample_id": row["sample_id"],
+            "role": row.get("role") or "",
+            "meta": {"dataset": row["dataset"], "parent_id": row.get("parent_id") or "", **extra},
+        }
+
+    def _augment(
+        self, image: torch.Tensor, mask: torch.Tensor, modality: str, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # torch's global generator is seeded per worker by Lightning's seed_everything(workers=True)
+        if modality == "patho":
+            k = int(torch.randint(0, 4, ()).item())
+            image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (0, 1))
+            if torch.rand(()) < 0.5:
+                image, mask = image.flip(2), mask.flip(1)
+        elif torch.rand(()) < 0.5:
+            image, mask = image.flip(1), mask.flip(0)
+        return image.contiguous(), mask.contiguous()

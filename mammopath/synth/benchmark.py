@@ -1,0 +1,218 @@
+"""`mammopath synth`: the embedded synthetic multi-hospital benchmark (DESIGN.md §5).
+
+Writes mammograms as DICOM (one folder per hospital) and H&E slides as tiled pyramidal TIFFs with
+ASAP lesion XMLs (one folder per centre), plus ``manifest.csv`` (paths relative to the output
+folder) with patient-disjoint splits. Seeded and deterministic.
+
+The two modalities come from different synthetic patients (as in the public benchmarks), so
+cross-modal alignment on this cohort is label-level, not patient-level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mammopath.io.annotations import Polygon, write_asap_xml
+from mammopath.manifest import write_manifest
+from mammopath.synth.mammo import apply_style, render_mammogram, write_mammogram_dicom, write_mask_dicom
+from mammopath.synth.patho import render_slide, write_pyramid_tiff
+from mammopath.synth.styles import MammoStyle, PathoStyle, SynthConfig
+
+log = logging.getLogger(__name__)
+
+#: Lesion grades (bach4) of the slides of one centre, cycled: normal, benign, in situ, invasive.
+SLIDE_PLAN: tuple[tuple[int, ...], ...] = ((), (3,), (1,), (2,), (), (3,), (1, 2), (3, 2))
+
+Progress = Callable[[str, int], None]
+
+
+def _assign_splits(rng: np.random.Generator, patients: list[str], labels: dict[str, int]) -> dict[str, str]:
+    """Patient-disjoint 60/20/20 train/val/test, stratified by each patient's label."""
+    splits: dict[str, str] = {}
+    for value in sorted(set(labels.values())):
+        group = [p for p in patients if labels[p] == value]
+        rng.shuffle(group)
+        n = len(group)
+        n_val = max(1, round(0.2 * n)) if n >= 3 else 0
+        n_test = max(1, round(0.2 * n)) if n >= 3 else 0
+        for i, patient in enumerate(group):
+            splits[patient] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+    return splits
+
+
+def write_mammo_domain(
+    out: Path, style: MammoStyle, cfg: SynthConfig, rng: np.random.Generator, progress: Progress | None = None
+) -> list[dict[str, object]]:
+    """Write one hospital's mammograms (two views per patient) and ROI masks; return manifest rows."""
+    rows: list[dict[str, object]] = []
+    prefix = "H" + style.name[-1].upper()
+    patients = [f"{prefix}{i:04d}" for i in range(cfg.mammo_patients_per_domain)]
+    labels = {p: int(i % 2) for i, p in enumerate(patients)}
+    splits = _assign_splits(rng, patients, labels)
+    for patient in patients:
+        malignant = bool(labels[patient])
+        laterality = "L" if rng.random() < 0.5 else "R"
+        marker = bool(rng.random() < style.marker_rate[int(malignant)])
+        for view in ("CC", "MLO"):
+            case = render_mammogram(rng, cfg.mammo_shape, malignant, marker)
+            image, mask = case.image, case.mask
+            if laterality == "R":  # chest wall on the right for right breasts
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            stored = apply_style(image, style, rng)
+            sample_id = f"{style.name}-{patient}-{laterality}{view}"
+            rel = Path("mammo") / style.name / patient / f"{laterality}_{view}.dcm"
+            roi = Path("mammo") / style.name / patient / f"{laterality}_{view}_roi.dcm"
+            write_mammogram_dicom(out / rel, stored, style, patient_id=patient, laterality=laterality, view=view)
+            write_mask_dicom(out / roi, mask, patient_id=patient)
+            rows.append(
+                {
+                    "sample_id": sample_id,
+                    "patient_id": patient,
+                    "modality": "mammo",
+                    "dataset": "synth_mammo",
+                    "domain": style.name,
+                    "split": splits[patient],
+                    "path": rel.as_posix(),
+                    "label": int(malignant),
+                    "grade": case.birads,
+                    "grade_scheme": "birads",
+                    "roi_path": roi.as_posix(),
+                    "laterality": laterality,
+                    "view": view,
+                    "label_source": "annotated",
+                    "marker": int(marker),
+                }
+            )
+            if progress:
+                progress("mammo", 1)
+    return rows
+
+
+def patch_rows_for_slide(
+    slide_id: str,
+    grade_map: np.ndarray,
+    tissue: np.ndarray,
+    slide_mpp: float,
+    patch_size: int,
+    patch_mpp: float,
+    rng: np.random.Generator,
+    max_patches: int = 40,
+) -> list[dict[str, object]]:
+    """Patch grid over tissue with its grade: tumour (grade ≥ 2) fraction ≥ 0.5 → label 1; lesion-free → 0.
+
+    Patches that are partly lesion (0.05 < fraction < 0.5) are ambiguous and left out.
+    """
+    extent = int(round(patch_size * patch_mpp / slide_mpp))  # level-0 pixels per patch side
+    h, w = grade_map.shape
+    kept: list[dict[str, object]] = []
+    for y in range(0, h - extent + 1, extent):
+        for x in range(0, w - extent + 1, extent):
+            if tissue[y : y + extent, x : x + extent].mean() < 0.5:
+                continue
+            window = grade_map[y : y + extent, x : x + extent]
+            grade = None
+            for g in (3, 2, 1):
+                if (window == g).mean() >= 0.5:
+                    grade = g
+                    break
+            if grade is None and (window > 0).mean() <= 0.05:
+                grade = 0
+            if grade is None:
+                continue
+            tumour = float((window >= 2).mean())
+            kept.append({"x": x, "y": y, "grade": grade, "label": int(grade >= 2), "tumour_fraction": tumour})
+    lesion = [r for r in kept if r["grade"] > 0]
+    normal = [r for r in kept if r["grade"] == 0]
+    rng.shuffle(normal)
+    chosen = lesion[: max_patches // 2 + 4] + normal[: max(0, max_patches - min(len(lesion), max_patches // 2 + 4))]
+    chosen.sort(key=lambda r: (r["y"], r["x"]))
+    for r in chosen:
+        r["sample_id"] = f"{slide_id}-x{r['x']}-y{r['y']}"
+    return chosen
+
+
+def write_patho_domain(
+    out: Path, style: PathoStyle, cfg: SynthConfig, rng: np.random.Generator, progress: Progress | None = None
+) -> list[dict[str, object]]:
+    """Write one centre's slides (pyramidal TIFF + ASAP XML) and return patch manifest rows."""
+    rows: list[dict[str, object]] = []
+    prefix = "C" + style.name[-1]
+    slides = [f"{prefix}S{i:03d}" for i in range(cfg.slides_per_domain)]
+    plans = {s: SLIDE_PLAN[i % len(SLIDE_PLAN)] for i, s in enumerate(slides)}
+    labels = {s: int(any(g >= 2 for g in plans[s])) for s in slides}
+    splits = _assign_splits(rng, slides, labels)
+    size = int(round(cfg.slide_size * 0.5 / style.mpp))  # same physical area whatever the scanner
+    for slide in slides:
+        plan = list(plans[slide])
+        tumour_slide = labels[slide] == 1
+        dots: bool | None = None
+        if tumour_slide and rng.random() < style.marker_rate[1]:
+            dots = True
+        elif rng.random() < style.marker_rate[0]:
+            dots = False
+        case = render_slide(rng, size, plan, style, dots)
+        slide_id = f"{style.name}-{slide}"
+        rel = Path("patho") / style.name / f"{slide}.tif"
+        xml = Path("patho") / style.name / f"{slide}.xml"
+        write_pyramid_tiff(
+            out / rel, case.rgb, mpp=style.mpp, tile=cfg.tile, compression=style.compression,
+            quality=style.jpeg_quality,
+        )
+        polygons = [
+            Polygon(points=poly, label="Tumor", positive=True, group="_0") for poly, g in case.regions if g >= 2
+        ]
+        write_asap_xml(out / xml, polygons)
+        for patch in patch_rows_for_slide(slide_id, case.grade_map, case.tissue, style.mpp, cfg.patch_size,
+                                          cfg.patch_mpp, rng):
+            extent = int(round(cfg.patch_size * cfg.patch_mpp / style.mpp))
+            ink = bool(case.marker_mask[patch["y"] : patch["y"] + extent, patch["x"] : patch["x"] + extent].any())
+            rows.append(
+                {
+                    "sample_id": patch["sample_id"],
+                    "patient_id": slide,
+                    "modality": "patho",
+                    "dataset": "synth_patho",
+                    "domain": style.name,
+                    "split": splits[slide],
+                    "path": rel.as_posix(),
+                    "label": patch["label"],
+                    "grade": patch["grade"],
+                    "grade_scheme": "bach4",
+                    "roi_path": xml.as_posix(),
+                    "x": patch["x"],
+                    "y": patch["y"],
+                    "size": cfg.patch_size,
+                    "mpp": cfg.patch_mpp,
+                    "parent_id": slide_id,
+                    "label_source": "annotated",
+                    "marker": int(ink),
+                }
+            )
+        if progress:
+            progress("patho", 1)
+    return rows
+
+
+def make_synth_benchmark(
+    out: str | Path, seed: int = 0, cfg: SynthConfig | None = None, progress: Progress | None = None
+) -> pd.DataFrame:
+    """Write the whole synthetic benchmark under ``out`` and its ``manifest.csv``; return the manifest.
+
+    Each domain draws from its own seeded generator, so adding a domain does not change the others.
+    """
+    cfg = cfg or SynthConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    for i, mstyle in enumerate(cfg.mammo_styles):
+        rows += write_mammo_domain(out, mstyle, cfg, np.random.default_rng([seed, 1, i]), progress)
+    for i, pstyle in enumerate(cfg.patho_styles):
+        rows += write_patho_domain(out, pstyle, cfg, np.random.default_rng([seed, 2, i]), progress)
+    manifest = pd.DataFrame(rows)
+    write_manifest(manifest, out / "manifest.csv")
+    return manifest

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mammopath.datamodules.crossmodal import CrossModalDataModule
+from mammopath.errors import ConfigError, ManifestError
+
+HOLDOUT = ["hospital_c", "centre_3"]
+
+
+def test_lodo_split_never_leaks_holdout(synth_root: Path) -> None:
+    dm = CrossModalDataModule(str(synth_root / "manifest.csv"), holdout_domains=HOLDOUT, image_size=16, batch_size=4)
+    dm.setup("fit")
+    for split in ("train", "val"):
+        for modality, ds in dm.datasets[split].items():
+            assert not set(ds.rows["domain"]) & set(HOLDOUT)
+            assert set(ds.rows["split"]) == {split}
+    dm.setup("test")
+    for modality, ds in dm.datasets["test"].items():
+        held = ds.rows[ds.rows["role"] == "heldout"]
+        source = ds.rows[ds.rows["role"] == "source"]
+        assert set(held["domain"]) <= set(HOLDOUT) and len(held)
+        # every held-out row is evaluated, whatever its split in the manifest
+        everything = dm.manifest[(dm.manifest["domain"].isin(HOLDOUT)) & (dm.manifest["modality"] == modality)]
+        assert len(held) == len(everything)
+        assert set(source["split"]) == {"test"}
+    assert dm.grade_schemes == {"bach4": 4, "birads": 7}
+    assert dm.source_domains == ["centre_1", "centre_2", "hospital_a", "hospital_b"]
+
+
+def test_train_batches_hold_both_modalities(synth_root: Path) -> None:
+    dm = CrossModalDataModule(str(synth_root / "manifest.csv"), holdout_domains=HOLDOUT, image_size=16, batch_size=4)
+    dm.setup("fit")
+    batch, _, _ = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"mammo", "patho"}
+    assert batch["mammo"]["image"].shape == (4, 1, 16, 16)
+    assert batch["patho"]["image"].shape == (4, 3, 16, 16)
+    assert set(batch["mammo"]["modality"]) == {"mammo"}
+    val = dm.val_dataloader()
+    assert len(val) == 2 and next(iter(val[1]))["image"].shape[1] == 3
+
+
+def test_bad_configuration_errors(synth_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown modality 'ct'"):
+        CrossModalDataModule(str(synth_root / "manifest.csv"), modalities=["ct"])
+    dm = CrossModalDataModule(str(synth_root / "manifest.csv"), holdout_domains=["hospital_z"])
+    with pytest.raises(ManifestError, match="domain 'hospital_z' has no rows"):
+        dm.setup("fit")
+    dm = CrossModalDataModule(str(synth_root / "manifest.csv"), holdout_domains=["hospital_a", "hospital_b", "hospital_c"])
+    with pytest.raises(ConfigError, match="no mammo rows for split 'train'"):
+        dm.setup("fit")
