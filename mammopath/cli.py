@@ -61,7 +61,9 @@ def _cmd_synth(argv: Sequence[str]) -> int:
             "mammo": progress.add_task("mammograms (DICOM)", total=total_mammo),
             "patho": progress.add_task("slides (pyramidal TIFF)", total=total_slides),
         }
-        manifest = make_synth_benchmark(args.out, seed=args.seed, cfg=cfg, progress=lambda k, n: progress.advance(tasks[k], n))
+        manifest = make_synth_benchmark(
+            args.out, seed=args.seed, cfg=cfg, progress=lambda k, n: progress.advance(tasks[k], n)
+        )
     from mammopath.manifest import summarize
 
     _print_frame(summarize(manifest), f"synthetic benchmark → {Path(args.out) / 'manifest.csv'}")
@@ -166,9 +168,7 @@ def _cmd_tile(argv: Sequence[str]) -> int:
             else:
                 progress.advance(task, step)
 
-        result = tile_manifest(
-            slides, root, size=args.size, mpp=args.mpp, min_tissue=args.min_tissue, progress=advance
-        )
+        result = tile_manifest(slides, root, size=args.size, mpp=args.mpp, min_tissue=args.min_tissue, progress=advance)
     patches = validate_manifest(result.manifest, root, source=args.out)
     write_manifest(patches, args.out)
     _print_frame(summarize(patches), f"patches → {args.out} ({len(patches)} rows)")

@@ -317,7 +317,7 @@ def validate_manifest(
             problems.append((None, "domain", f"domain '{domain}' has no rows (needed by the LODO fold)"))
 
     if problems:
-        problems.sort(key=lambda p: (p[0] if p[0] is not None else -1))
+        problems.sort(key=lambda p: p[0] if p[0] is not None else -1)
         raise ManifestError(source, problems)
 
     out = df.copy()

@@ -23,8 +23,23 @@ from mammopath.metrics.domain import summarize_lodo
 log = logging.getLogger(__name__)
 
 SHOWN_COLUMNS = (
-    "run", "modality", "domain", "role", "n", "n_pos", "auroc", "auroc_ci_low", "auroc_ci_high", "balanced_accuracy",
-    "sens_at_spec", "ece", "qwk", "pointing_game", "mean_heldout_auroc", "worst_heldout_auroc", "mean_source_auroc",
+    "run",
+    "modality",
+    "domain",
+    "role",
+    "n",
+    "n_pos",
+    "auroc",
+    "auroc_ci_low",
+    "auroc_ci_high",
+    "balanced_accuracy",
+    "sens_at_spec",
+    "ece",
+    "qwk",
+    "pointing_game",
+    "mean_heldout_auroc",
+    "worst_heldout_auroc",
+    "mean_source_auroc",
     "domain_gap",
 )
 

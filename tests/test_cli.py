@@ -18,7 +18,8 @@ EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
 
 def tiny_args(synth_root: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "--config", str(REPO / "tests/conf/tiny.yaml"),
+        "--config",
+        str(REPO / "tests/conf/tiny.yaml"),
         f"--data.manifest={synth_root / 'manifest.csv'}",
         f"--trainer.default_root_dir={tmp_path}",
         *extra,

@@ -20,14 +20,50 @@ from mammopath.manifest import (
 def good_rows() -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"sample_id": "a", "patient_id": "p1", "modality": "mammo", "dataset": "d", "domain": "h1",
-             "split": "train", "path": "m/a.dcm", "label": "1", "grade": "4", "grade_scheme": "birads",
-             "laterality": "L", "view": "CC"},
-            {"sample_id": "b", "patient_id": "p1", "modality": "mammo", "dataset": "d", "domain": "h1",
-             "split": "train", "path": "m/b.dcm", "label": "", "grade": "", "grade_scheme": ""},
-            {"sample_id": "c", "patient_id": "p2", "modality": "patho", "dataset": "d", "domain": "c1",
-             "split": "test", "path": "s/c.tif", "label": "0", "grade": "0", "grade_scheme": "bach4",
-             "x": "10", "y": "20", "size": "64", "mpp": "1.0", "parent_id": "slide", "label_source": "annotated"},
+            {
+                "sample_id": "a",
+                "patient_id": "p1",
+                "modality": "mammo",
+                "dataset": "d",
+                "domain": "h1",
+                "split": "train",
+                "path": "m/a.dcm",
+                "label": "1",
+                "grade": "4",
+                "grade_scheme": "birads",
+                "laterality": "L",
+                "view": "CC",
+            },
+            {
+                "sample_id": "b",
+                "patient_id": "p1",
+                "modality": "mammo",
+                "dataset": "d",
+                "domain": "h1",
+                "split": "train",
+                "path": "m/b.dcm",
+                "label": "",
+                "grade": "",
+                "grade_scheme": "",
+            },
+            {
+                "sample_id": "c",
+                "patient_id": "p2",
+                "modality": "patho",
+                "dataset": "d",
+                "domain": "c1",
+                "split": "test",
+                "path": "s/c.tif",
+                "label": "0",
+                "grade": "0",
+                "grade_scheme": "bach4",
+                "x": "10",
+                "y": "20",
+                "size": "64",
+                "mpp": "1.0",
+                "parent_id": "slide",
+                "label_source": "annotated",
+            },
         ]
     )
 
@@ -139,7 +175,16 @@ def test_write_is_atomic_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_birads_mapping() -> None:
     assert [birads_to_grade(v) for v in ("4a", "4B", "4c", "5", 3, "0", "", None, "x", "7")] == [
-        4, 4, 4, 5, 3, 0, None, None, None, None
+        4,
+        4,
+        4,
+        5,
+        3,
+        0,
+        None,
+        None,
+        None,
+        None,
     ]
 
 

@@ -131,9 +131,7 @@ class CrossModalDataModule(L.LightningDataModule):
                 self.datasets[split][modality] = ManifestDataset(
                     rows, self.root, augment=self.augment and split == "train", **self.dataset_kwargs
                 )
-            log.info(
-                "%s: %s", split, ", ".join(f"{m}={len(d)}" for m, d in self.datasets[split].items())
-            )
+            log.info("%s: %s", split, ", ".join(f"{m}={len(d)}" for m, d in self.datasets[split].items()))
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, dataset: ManifestDataset, *, train: bool) -> DataLoader:

@@ -87,7 +87,9 @@ class ManifestDataset(Dataset):
     ):
         self.rows = manifest.reset_index(drop=True)
         self.root = Path(root)
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.image_size: tuple[int, int] = (
+            (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+        )
         self.canonical_side = canonical_side
         self.crop_breast = crop_breast
         self.augment = augment
@@ -112,7 +114,8 @@ class ManifestDataset(Dataset):
                 mask = read_roi_mask(roi)
                 if mask.shape != image.shape:
                     raise DataFormatError(
-                        roi, f"ROI mask shape {mask.shape} differs from its image {image.shape} (sample {row['sample_id']})"
+                        roi,
+                        f"ROI mask shape {mask.shape} differs from its image {image.shape} (sample {row['sample_id']})",
                     )
         laterality = row.get("laterality") or meta["laterality"]
         if self.canonical_side:
@@ -135,7 +138,7 @@ class ManifestDataset(Dataset):
 
             return read_microscopy(path).astype(np.float32) / 255.0, None, {}
         slide_mpp = row.get("slide_mpp")
-        slide = self.slides.get(path, None if pd.isna(slide_mpp) else float(slide_mpp))
+        slide = self.slides.get(path, None if slide_mpp is None or pd.isna(slide_mpp) else float(slide_mpp))
         size = int(row["size"])
         location = (int(row["x"]), int(row["y"]))
         target_mpp = None if pd.isna(row.get("mpp")) else float(row["mpp"])
@@ -154,7 +157,7 @@ class ManifestDataset(Dataset):
         return region.astype(np.float32) / 255.0, mask, {}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self._records[index]
+        row: dict[str, Any] = self._records[index]  # type: ignore[assignment]
         modality = row["modality"]
         if modality == "mammo":
             image, mask, extra = self._mammo(row)
@@ -164,7 +167,10 @@ class ManifestDataset(Dataset):
             raise ConfigError(f"row {index}: unknown modality {modality!r}")
         image_t = _resize(image, self.image_size, "bilinear").clamp_(0.0, 1.0)
         has_mask = mask is not None
-        mask_t = _resize(mask.astype(np.float32), self.image_size, "area")[0] if has_mask else torch.zeros(self.image_size)
+        if mask is not None:
+            mask_t = _resize(mask.astype(np.float32), self.image_size, "area")[0]
+        else:
+            mask_t = torch.zeros(self.image_size)
         if self.augment:
             image_t, mask_t = self._augment(image_t, mask_t, modality, index)
         return {

@@ -55,9 +55,7 @@ class SlideReader:
         self._lock = threading.Lock()
         slide = self._handle()
         self.dimensions: tuple[int, int] = tuple(int(v) for v in slide.dimensions)  # type: ignore[assignment]
-        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
-            (int(w), int(h)) for w, h in slide.level_dimensions
-        )
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple((int(w), int(h)) for w, h in slide.level_dimensions)
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in slide.level_downsamples)
         self.properties: dict[str, Any] = dict(slide.properties)
         self.mpp, self.mpp_source = self._resolve_mpp()
@@ -70,7 +68,9 @@ class SlideReader:
             try:
                 self._slide = _tiffslide().TiffSlide(self.path)
             except Exception as exc:
-                raise SlideReadError(self.path, f"cannot open as a tiled TIFF slide ({type(exc).__name__}: {exc})") from exc
+                raise SlideReadError(
+                    self.path, f"cannot open as a tiled TIFF slide ({type(exc).__name__}: {exc})"
+                ) from exc
             self._pid = os.getpid()
         return self._slide
 
@@ -201,7 +201,7 @@ class SlideReader:
         src = (max(1, int(round(size[0] * scale))), max(1, int(round(size[1] * scale))))
         region = self.read_level(location, lvl, src)
         resample = Image.Resampling.BOX if scale > 1 else Image.Resampling.BILINEAR
-        return np.asarray(Image.fromarray(region).resize(tuple(size), resample=resample))
+        return np.asarray(Image.fromarray(region).resize((int(size[0]), int(size[1])), resample=resample))
 
     def thumbnail(self, max_size: int = 512) -> tuple[np.ndarray, float]:
         """The coarsest level no smaller than ``max_size`` on its long side, and its downsample."""
@@ -213,7 +213,8 @@ class SlideReader:
         return self.read_level((0, 0), level, self.level_dimensions[level]), self.level_downsamples[level]
 
     def __repr__(self) -> str:
-        return f"SlideReader({self.path.name}, dims={self.dimensions}, levels={len(self.level_dimensions)}, mpp={self.mpp})"
+        levels = len(self.level_dimensions)
+        return f"SlideReader({self.path.name}, dims={self.dimensions}, levels={levels}, mpp={self.mpp})"
 
 
 def open_slide(path: str | Path, mpp: float | None = None, pad_value: int = 255) -> SlideReader:

@@ -109,7 +109,7 @@ class MammoPathModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        size = img_size if isinstance(img_size, int) else tuple(img_size)
+        size = img_size if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
         self.encoder = ViTEncoder(
             name=backbone,
             img_size=size,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,9 +48,9 @@ def _assign_splits(rng: np.random.Generator, patients: list[str], labels: dict[s
 
 def write_mammo_domain(
     out: Path, style: MammoStyle, cfg: SynthConfig, rng: np.random.Generator, progress: Progress | None = None
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     """Write one hospital's mammograms (two views per patient) and ROI masks; return manifest rows."""
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     prefix = "H" + style.name[-1].upper()
     patients = [f"{prefix}{i:04d}" for i in range(cfg.mammo_patients_per_domain)]
     labels = {p: int(i % 2) for i, p in enumerate(patients)}
@@ -102,14 +103,14 @@ def patch_rows_for_slide(
     patch_mpp: float,
     rng: np.random.Generator,
     max_patches: int = 40,
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     """Patch grid over tissue with its grade: tumour (grade ≥ 2) fraction ≥ 0.5 → label 1; lesion-free → 0.
 
     Patches that are partly lesion (0.05 < fraction < 0.5) are ambiguous and left out.
     """
     extent = int(round(patch_size * patch_mpp / slide_mpp))  # level-0 pixels per patch side
     h, w = grade_map.shape
-    kept: list[dict[str, object]] = []
+    kept: list[dict[str, Any]] = []
     for y in range(0, h - extent + 1, extent):
         for x in range(0, w - extent + 1, extent):
             if tissue[y : y + extent, x : x + extent].mean() < 0.5:
@@ -138,9 +139,9 @@ def patch_rows_for_slide(
 
 def write_patho_domain(
     out: Path, style: PathoStyle, cfg: SynthConfig, rng: np.random.Generator, progress: Progress | None = None
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     """Write one centre's slides (pyramidal TIFF + ASAP XML) and return patch manifest rows."""
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     prefix = "C" + style.name[-1]
     slides = [f"{prefix}S{i:03d}" for i in range(cfg.slides_per_domain)]
     plans = {s: SLIDE_PLAN[i % len(SLIDE_PLAN)] for i, s in enumerate(slides)}
@@ -160,15 +161,20 @@ def write_patho_domain(
         rel = Path("patho") / style.name / f"{slide}.tif"
         xml = Path("patho") / style.name / f"{slide}.xml"
         write_pyramid_tiff(
-            out / rel, case.rgb, mpp=style.mpp, tile=cfg.tile, compression=style.compression,
+            out / rel,
+            case.rgb,
+            mpp=style.mpp,
+            tile=cfg.tile,
+            compression=style.compression,
             quality=style.jpeg_quality,
         )
         polygons = [
             Polygon(points=poly, label="Tumor", positive=True, group="_0") for poly, g in case.regions if g >= 2
         ]
         write_asap_xml(out / xml, polygons)
-        for patch in patch_rows_for_slide(slide_id, case.grade_map, case.tissue, style.mpp, cfg.patch_size,
-                                          cfg.patch_mpp, rng):
+        for patch in patch_rows_for_slide(
+            slide_id, case.grade_map, case.tissue, style.mpp, cfg.patch_size, cfg.patch_mpp, rng
+        ):
             extent = int(round(cfg.patch_size * cfg.patch_mpp / style.mpp))
             ink = bool(case.marker_mask[patch["y"] : patch["y"] + extent, patch["x"] : patch["x"] + extent].any())
             rows.append(
@@ -208,7 +214,7 @@ def make_synth_benchmark(
     cfg = cfg or SynthConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     for i, mstyle in enumerate(cfg.mammo_styles):
         rows += write_mammo_domain(out, mstyle, cfg, np.random.default_rng([seed, 1, i]), progress)
     for i, pstyle in enumerate(cfg.patho_styles):

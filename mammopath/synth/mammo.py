@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from scipy import ndimage
 
 from mammopath.synth.styles import MammoStyle
 
 #: Digital Mammography X-Ray Image Storage - For Presentation.
-MAMMO_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"
+MAMMO_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.1.2")
 
 
 @dataclass
@@ -105,9 +105,7 @@ def apply_style(image: np.ndarray, style: MammoStyle, rng: np.random.Generator) 
     return stored
 
 
-def new_dataset(
-    path: Path, pixels: np.ndarray, *, bits_stored: int, photometric: str = "MONOCHROME2"
-) -> FileDataset:
+def new_dataset(path: Path, pixels: np.ndarray, *, bits_stored: int, photometric: str = "MONOCHROME2") -> FileDataset:
     """A minimal, valid Digital Mammography DICOM dataset holding ``pixels`` (uint8 or uint16)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MAMMO_SOP_CLASS
@@ -148,9 +146,9 @@ def write_mammogram_dicom(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = new_dataset(path, stored, bits_stored=style.bits_stored, photometric=style.photometric)
     if study_uid:
-        ds.StudyInstanceUID = study_uid
+        ds.StudyInstanceUID = UID(study_uid)
     if series_uid:
-        ds.SeriesInstanceUID = series_uid
+        ds.SeriesInstanceUID = UID(series_uid)
     ds.PatientID = patient_id
     ds.PatientName = "SYNTHETIC^" + patient_id
     ds.ImageLaterality = laterality
@@ -173,4 +171,3 @@ def write_mask_dicom(path: str | Path, mask: np.ndarray, *, patient_id: str) -> 
     ds.PatientID = patient_id
     ds.save_as(path, enforce_file_format=True)
     return path
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -98,10 +99,9 @@ def render_slide(
         if area.any():
             hema = np.maximum(hema, _nuclei(rng, area, grade))
     eosin = tissue * (0.45 + 0.12 * ndimage.gaussian_filter(rng.standard_normal(shape), 4) * 4)
-    od = (
-        hema[..., None] * style.h_scale * np.asarray(style.h_vector)
-        + np.clip(eosin, 0, None)[..., None] * style.e_scale * np.asarray(style.e_vector)
-    )
+    od = hema[..., None] * style.h_scale * np.asarray(style.h_vector) + np.clip(eosin, 0, None)[
+        ..., None
+    ] * style.e_scale * np.asarray(style.e_vector)
     marker = np.zeros(shape, dtype=bool)
     if marker_on_lesion is not None:
         # ink dots, as pathologists dot the area of interest: on the tumour, or on normal tissue
@@ -149,11 +149,11 @@ def write_pyramid_tiff(
         h, w = (prev.shape[0] // 2) * 2, (prev.shape[1] // 2) * 2
         half = prev[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
         levels.append(np.round(half).astype(np.uint8))
-    args = {"level": quality} if compression == "jpeg" else {"level": quality}
+    args = {"level": quality}
     tmp = path.with_name(f".{path.name}.tmp")
     with tifffile.TiffWriter(tmp) as tif:
         for i, level in enumerate(levels):
-            kwargs: dict[str, object] = {}
+            kwargs: dict[str, Any] = {}
             if mpp is not None:
                 ppcm = 1e4 / (mpp * 2**i)
                 kwargs = {"resolution": (ppcm, ppcm), "resolutionunit": "CENTIMETER"}

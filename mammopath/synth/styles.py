@@ -60,12 +60,25 @@ class SynthConfig:
         default_factory=lambda: (
             MammoStyle("hospital_a", bits_stored=16, gamma=1.0, noise=0.01, spacing_tag="ImagerPixelSpacing"),
             MammoStyle(
-                "hospital_b", bits_stored=12, photometric="MONOCHROME1", gamma=0.7, contrast=0.9, noise=0.02,
-                spacing_tag="PixelSpacing", spacing_mm=0.07,
+                "hospital_b",
+                bits_stored=12,
+                photometric="MONOCHROME1",
+                gamma=0.7,
+                contrast=0.9,
+                noise=0.02,
+                spacing_tag="PixelSpacing",
+                spacing_mm=0.07,
             ),
             MammoStyle(
-                "hospital_c", bits_stored=14, gamma=1.5, contrast=1.1, offset=0.05, noise=0.03, blur=0.8,
-                compression="jpeg2000", marker_rate=(0.75, 0.25),
+                "hospital_c",
+                bits_stored=14,
+                gamma=1.5,
+                contrast=1.1,
+                offset=0.05,
+                noise=0.03,
+                blur=0.8,
+                compression="jpeg2000",
+                marker_rate=(0.75, 0.25),
             ),
         )
     )
@@ -73,12 +86,26 @@ class SynthConfig:
         default_factory=lambda: (
             PathoStyle("centre_1", jpeg_quality=92, mpp=0.5),
             PathoStyle(
-                "centre_2", h_vector=(0.55, 0.75, 0.36), e_vector=(0.15, 0.95, 0.25), h_scale=1.2, e_scale=0.8,
-                blur=0.6, jpeg_quality=75, mpp=0.46,
+                "centre_2",
+                h_vector=(0.55, 0.75, 0.36),
+                e_vector=(0.15, 0.95, 0.25),
+                h_scale=1.2,
+                e_scale=0.8,
+                blur=0.6,
+                jpeg_quality=75,
+                mpp=0.46,
             ),
             PathoStyle(
-                "centre_3", h_vector=(0.72, 0.62, 0.32), e_vector=(0.05, 0.92, 0.38), h_scale=0.85, e_scale=1.25,
-                blur=1.0, jpeg_quality=85, mpp=0.5, compression="jpeg2000", marker_rate=(0.75, 0.25),
+                "centre_3",
+                h_vector=(0.72, 0.62, 0.32),
+                e_vector=(0.05, 0.92, 0.38),
+                h_scale=0.85,
+                e_scale=1.25,
+                blur=1.0,
+                jpeg_quality=85,
+                mpp=0.5,
+                compression="jpeg2000",
+                marker_rate=(0.75, 0.25),
             ),
         )
     )

@@ -14,7 +14,7 @@ def test_lodo_split_never_leaks_holdout(synth_root: Path) -> None:
     dm = CrossModalDataModule(str(synth_root / "manifest.csv"), holdout_domains=HOLDOUT, image_size=16, batch_size=4)
     dm.setup("fit")
     for split in ("train", "val"):
-        for modality, ds in dm.datasets[split].items():
+        for ds in dm.datasets[split].values():
             assert not set(ds.rows["domain"]) & set(HOLDOUT)
             assert set(ds.rows["split"]) == {split}
     dm.setup("test")
@@ -48,6 +48,8 @@ def test_bad_configuration_errors(synth_root: Path, tmp_path: Path) -> None:
     dm = CrossModalDataModule(str(synth_root / "manifest.csv"), holdout_domains=["hospital_z"])
     with pytest.raises(ManifestError, match="domain 'hospital_z' has no rows"):
         dm.setup("fit")
-    dm = CrossModalDataModule(str(synth_root / "manifest.csv"), holdout_domains=["hospital_a", "hospital_b", "hospital_c"])
+    dm = CrossModalDataModule(
+        str(synth_root / "manifest.csv"), holdout_domains=["hospital_a", "hospital_b", "hospital_c"]
+    )
     with pytest.raises(ConfigError, match="no mammo rows for split 'train'"):
         dm.setup("fit")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mammopath.datasets.manifest_dataset import ManifestDataset
-from mammopath.io.annotations import read_asap_xml, rasterize
+from mammopath.io.annotations import rasterize, read_asap_xml
 from mammopath.io.dicom import read_mammogram
 from mammopath.io.slide import open_slide
 from mammopath.manifest import load_manifest
@@ -46,8 +46,12 @@ def test_patho_patch_matches_slide_and_polygons(manifest, synth_root: Path) -> N
     region = slide.read_region((int(row["x"]), int(row["y"])), int(row["size"]), float(row["mpp"]))
     np.testing.assert_allclose(sample["image"].permute(1, 2, 0).numpy(), region / 255.0, atol=1e-6)
     polygons = read_asap_xml(synth_root / row["roi_path"])
-    mask = rasterize(polygons, (int(row["size"]),) * 2, downsample=float(row["mpp"]) / slide.mpp,
-                     origin=(int(row["x"]), int(row["y"])))
+    mask = rasterize(
+        polygons,
+        (int(row["size"]),) * 2,
+        downsample=float(row["mpp"]) / slide.mpp,
+        origin=(int(row["x"]), int(row["y"])),
+    )
     assert sample["has_mask"] and sample["mask"].mean().item() == pytest.approx(mask.mean(), abs=1e-6)
     assert sample["mask"].mean() >= 0.5  # label 1 = tumour fraction >= 0.5 (synth ground truth)
 

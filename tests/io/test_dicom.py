@@ -42,7 +42,7 @@ def test_monochrome1_twin_loads_equal(tmp_path: Path) -> None:
     b, meta_b = read_mammogram(write(tmp_path / "m1.dcm", (2**14 - 1 - pixels).astype(np.uint16), 14, "MONOCHROME1"))
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert meta_b["inverted"] and not meta_a["inverted"] and "invert" in meta_b["steps"]
-    assert a.dtype == np.float32 and 0.0 <= a.min() and a.max() <= 1.0
+    assert a.dtype == np.float32 and a.min() >= 0.0 and a.max() <= 1.0
     assert a[0, 0] == 0.0  # background dark, tissue bright
 
 
@@ -89,8 +89,9 @@ def test_window_applied_after_rescale(tmp_path: Path) -> None:
 
 
 def test_meta_spacing_source_and_no_phi(tmp_path: Path) -> None:
-    path = write(tmp_path / "s.dcm", stored_image(), 16, ImagerPixelSpacing=[0.07, 0.07], ImageLaterality="R",
-                 ViewPosition="ML")
+    path = write(
+        tmp_path / "s.dcm", stored_image(), 16, ImagerPixelSpacing=[0.07, 0.07], ImageLaterality="R", ViewPosition="ML"
+    )
     _, meta = read_mammogram(path)
     assert meta["pixel_spacing"] == (0.07, 0.07) and meta["pixel_spacing_source"] == "ImagerPixelSpacing"
     assert meta["laterality"] == "R" and meta["laterality_source"] == "ImageLaterality" and meta["view"] == "MLO"
@@ -130,7 +131,9 @@ def test_missing_decoder_names_syntax_and_package(monkeypatch: pytest.MonkeyPatc
         is_available = False
 
     monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: Unavailable())
-    with pytest.raises(MissingDecoderError, match=r"x\.dcm.*JPEG 2000.*1\.2\.840\.10008\.1\.2\.4\.90.*pylibjpeg-openjpeg"):
+    with pytest.raises(
+        MissingDecoderError, match=r"x\.dcm.*JPEG 2000.*1\.2\.840\.10008\.1\.2\.4\.90.*pylibjpeg-openjpeg"
+    ):
         check_decoder("1.2.840.10008.1.2.4.90", "x.dcm")
     check_decoder("1.2.840.10008.1.2.1", "x.dcm")  # uncompressed needs no plugin
 
