@@ -1,0 +1,1 @@
+"""File readers: DICOM mammograms, tiled slides, microscopy photos and annotations."""

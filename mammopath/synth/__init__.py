@@ -1,0 +1,1 @@
+"""Synthetic multi-hospital benchmark written in the real formats (`mammopath synth`)."""

@@ -1,0 +1,1 @@
+"""LightningDataModules: the cross-modal LODO datamodule and thin per-benchmark ones."""

@@ -1,0 +1,1 @@
+"""Model: shared ViT encoder with modality adapters, task heads and the LightningModule."""
