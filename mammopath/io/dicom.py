@@ -165,11 +165,15 @@ def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, 
         raise DicomReadError(path, f"PhotometricInterpretation {photometric} is not a greyscale mammogram")
 
     steps: list[str] = []
-    arr = apply_modality_lut(stored, ds).astype(np.float64)
+    identity = float(ds.get("RescaleSlope", 1.0) or 1.0) == 1.0 and float(ds.get("RescaleIntercept", 0.0) or 0.0) == 0.0
     if ds.get("ModalityLUTSequence"):
+        arr = apply_modality_lut(stored, ds).astype(np.float64)
         steps.append("modality_lut")
-    elif float(ds.get("RescaleSlope", 1.0) or 1.0) != 1.0 or float(ds.get("RescaleIntercept", 0.0) or 0.0) != 0.0:
+    elif not identity:
+        arr = apply_modality_lut(stored, ds).astype(np.float64)
         steps.append("rescale")
+    else:  # the common case: no modality transform, stay in float32 (exact for <= 24-bit integers)
+        arr = stored.astype(np.float32)
 
     voi_step: str | None = None
     if voi == "auto":
@@ -181,12 +185,14 @@ def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, 
             arr = apply_voi_lut(arr, ds, index=0).astype(np.float64)
             steps.append(voi_step)
     lo, hi = _output_range(ds, voi_step)
-    image = np.clip((arr - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    image = arr - np.asarray(lo, dtype=arr.dtype)
+    image *= np.asarray(1.0 / max(hi - lo, 1e-12), dtype=arr.dtype)
+    np.clip(image, 0.0, 1.0, out=image)
 
     inverse_shape = str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
     inverted = (photometric == "MONOCHROME1") != inverse_shape
     if inverted:
-        image = 1.0 - image
+        np.subtract(1.0, image, out=image)
         steps.append("invert")
 
     laterality, laterality_source = _laterality(ds)
