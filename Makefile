@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SYNTH := data/synth
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench reproduce reproduce-demo tensorboard clean
+.PHONY: help install demo prepare-demo test test-all lint format bench reproduce reproduce-demo tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -22,7 +22,19 @@ install: $(BIN)/.installed ## create .venv and install mammopath (editable) with
 $(SYNTH)/manifest.csv: | $(BIN)/.installed
 	$(BIN)/mammopath synth --out $(SYNTH) --seed 0
 
-demo: install $(SYNTH)/manifest.csv ## synth → validate → fit → test on held-out domains → results/demo
+RELEASES := cbis-ddsm:. inbreast:. bach:ICIAR2018_BACH_Challenge camelyon16:CAMELYON16 camelyon17:CAMELYON17
+
+prepare-demo: install $(SYNTH)/manifest.csv ## prepare + validate every synthetic benchmark release (real layouts)
+	@mkdir -p $(SYNTH)/manifests
+	@for pair in $(RELEASES); do \
+		name=$${pair%%:*}; root=$(SYNTH)/$${pair#*:}; \
+		$(BIN)/mammopath prepare $$name --root $$root --out $(SYNTH)/manifests/$$name.csv || exit 1; \
+	done
+	$(BIN)/mammopath tile $(SYNTH)/manifests/camelyon16.csv --root $(SYNTH)/CAMELYON16 \
+		--out $(SYNTH)/manifests/camelyon16_patches.csv --size 64 --mpp 1.0
+	$(BIN)/mammopath validate-manifest $(SYNTH)/paired_manifest.csv --root $(SYNTH)
+
+demo: install $(SYNTH)/manifest.csv prepare-demo ## synth → prepare → validate → fit → test on held-out domains → results/demo
 	$(BIN)/mammopath validate-manifest $(SYNTH)/manifest.csv --root $(SYNTH) --holdout hospital_c centre_3
 	$(BIN)/mammopath fit --config experiments/demo.yaml
 	$(BIN)/mammopath test --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt

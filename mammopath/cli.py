@@ -33,7 +33,7 @@ training commands (LightningCLI): fit, validate, test, predict  (see `mammopath 
 
 
 def _cmd_synth(argv: Sequence[str]) -> int:
-    from mammopath.synth.benchmark import make_synth_benchmark
+    from mammopath.synth.benchmark import RELEASES, make_synth_benchmark, write_releases
     from mammopath.synth.styles import SynthConfig
 
     parser = argparse.ArgumentParser(prog="mammopath synth", description="Write the synthetic benchmark.")
@@ -41,6 +41,8 @@ def _cmd_synth(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mammo-patients", type=int, default=None, help="patients per mammography domain")
     parser.add_argument("--slides", type=int, default=None, help="slides per pathology domain")
+    parser.add_argument("--no-paired", action="store_true", help="skip the paired (both modalities) cohort")
+    parser.add_argument("--no-releases", action="store_true", help="skip the five benchmark releases")
     args = parser.parse_args(argv)
     cfg = SynthConfig()
     overrides = {}
@@ -60,13 +62,27 @@ def _cmd_synth(argv: Sequence[str]) -> int:
         tasks = {
             "mammo": progress.add_task("mammograms (DICOM)", total=total_mammo),
             "patho": progress.add_task("slides (pyramidal TIFF)", total=total_slides),
+            "paired": progress.add_task("paired cohort", total=0 if args.no_paired else 24),
+            "releases": progress.add_task("benchmark releases", total=0 if args.no_releases else len(RELEASES)),
         }
-        manifest = make_synth_benchmark(
-            args.out, seed=args.seed, cfg=cfg, progress=lambda k, n: progress.advance(tasks[k], n)
-        )
+
+        def advance(kind: str, n: int) -> None:
+            progress.advance(tasks[kind], n)
+
+        manifest = make_synth_benchmark(args.out, seed=args.seed, cfg=cfg, progress=advance, paired=not args.no_paired)
+        counts = {} if args.no_releases else write_releases(args.out, seed=args.seed, progress=advance)
     from mammopath.manifest import summarize
 
-    _print_frame(summarize(manifest), f"synthetic benchmark → {Path(args.out) / 'manifest.csv'}")
+    _print_frame(summarize(manifest), f"multi-hospital benchmark → {Path(args.out) / 'manifest.csv'}")
+    if counts:
+        import pandas as pd
+
+        table = pd.DataFrame(
+            [{"benchmark": k, "prepare --root": str(Path(args.out) / RELEASES[k]), **v} for k, v in counts.items()]
+        )
+        numeric = [c for c in table.columns if c not in ("benchmark", "prepare --root")]
+        table[numeric] = table[numeric].astype("Int64")
+        _print_frame(table.astype(str).replace("<NA>", ""), "benchmark releases (real layouts; `mammopath prepare` must find these counts)")
     return 0
 
 

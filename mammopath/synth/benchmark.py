@@ -204,12 +204,136 @@ def write_patho_domain(
     return rows
 
 
-def make_synth_benchmark(
-    out: str | Path, seed: int = 0, cfg: SynthConfig | None = None, progress: Progress | None = None
+def write_paired_cohort(
+    out: Path, cfg: SynthConfig, rng: np.random.Generator, n_patients: int = 24, progress: Progress | None = None
 ) -> pd.DataFrame:
-    """Write the whole synthetic benchmark under ``out`` and its ``manifest.csv``; return the manifest.
+    """Patients with BOTH modalities (an institutional-style cohort): true patient-level pairs.
 
-    Each domain draws from its own seeded generator, so adding a domain does not change the others.
+    Each patient has one lesion: a malignant patient has a spiculated mass (two views) and an
+    invasive or in situ tumour slide; a benign one a round mass and a benign or normal slide. Both
+    modalities share ``patient_id`` and the domain ``paired_site``, and the split is by patient, so
+    cross-modal alignment can use real pairs here (the public benchmarks offer none).
+    """
+    mstyle = MammoStyle("paired_site", bits_stored=14, gamma=1.1, noise=0.015)
+    pstyle = PathoStyle("paired_site", jpeg_quality=90, mpp=0.5)
+    patients = [f"PP{i:04d}" for i in range(n_patients)]
+    labels = {p: int(i % 2) for i, p in enumerate(patients)}
+    splits = _assign_splits(rng, patients, labels)
+    rows: list[dict[str, Any]] = []
+    size = cfg.slide_size // 2
+    for patient in patients:
+        malignant = bool(labels[patient])
+        for view in ("CC", "MLO"):
+            case = render_mammogram(rng, cfg.mammo_shape, malignant, marker=False)
+            rel = Path("paired") / "mammo" / patient / f"L_{view}.dcm"
+            roi = Path("paired") / "mammo" / patient / f"L_{view}_roi.dcm"
+            write_mammogram_dicom(
+                out / rel, apply_style(case.image, mstyle, rng), mstyle, patient_id=patient, laterality="L", view=view
+            )
+            write_mask_dicom(out / roi, case.mask, patient_id=patient)
+            rows.append(
+                {
+                    "sample_id": f"paired-{patient}-L{view}",
+                    "patient_id": patient,
+                    "modality": "mammo",
+                    "dataset": "synth_paired",
+                    "domain": "paired_site",
+                    "split": splits[patient],
+                    "path": rel.as_posix(),
+                    "label": int(malignant),
+                    "grade": case.birads,
+                    "grade_scheme": "birads",
+                    "roi_path": roi.as_posix(),
+                    "laterality": "L",
+                    "view": view,
+                    "label_source": "annotated",
+                }
+            )
+        lesions = [int(rng.choice([2, 3]))] if malignant else ([1] if rng.random() < 0.5 else [])
+        slide = render_slide(rng, size, lesions, pstyle, None)
+        slide_id = f"paired-{patient}-slide"
+        rel = Path("paired") / "patho" / f"{patient}.tif"
+        xml = Path("paired") / "patho" / f"{patient}.xml"
+        write_pyramid_tiff(out / rel, slide.rgb, mpp=pstyle.mpp, tile=cfg.tile, quality=pstyle.jpeg_quality)
+        write_asap_xml(
+            out / xml,
+            [Polygon(points=poly, label="Tumor", positive=True, group="_0") for poly, g in slide.regions if g >= 2],
+        )
+        for patch in patch_rows_for_slide(
+            slide_id, slide.grade_map, slide.tissue, pstyle.mpp, cfg.patch_size, cfg.patch_mpp, rng, max_patches=16
+        ):
+            rows.append(
+                {
+                    "sample_id": patch["sample_id"],
+                    "patient_id": patient,
+                    "modality": "patho",
+                    "dataset": "synth_paired",
+                    "domain": "paired_site",
+                    "split": splits[patient],
+                    "path": rel.as_posix(),
+                    "label": patch["label"],
+                    "grade": patch["grade"],
+                    "grade_scheme": "bach4",
+                    "roi_path": xml.as_posix(),
+                    "x": patch["x"],
+                    "y": patch["y"],
+                    "size": cfg.patch_size,
+                    "mpp": cfg.patch_mpp,
+                    "parent_id": slide_id,
+                    "label_source": "annotated",
+                }
+            )
+        if progress:
+            progress("paired", 1)
+    return pd.DataFrame(rows)
+
+
+#: Folder each synthetic release is written to under the ``synth`` output, and the ``prepare`` root.
+RELEASES: dict[str, str] = {
+    "cbis-ddsm": ".",
+    "inbreast": ".",
+    "bach": "ICIAR2018_BACH_Challenge",
+    "camelyon16": "CAMELYON16",
+    "camelyon17": "CAMELYON17",
+}
+
+
+def write_releases(out: str | Path, seed: int = 0, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
+    """Write tiny releases of the five public benchmarks in their true layouts and formats.
+
+    Returns:
+        benchmark name → the counts its writer reports (what ``mammopath prepare`` must find).
+    """
+    from mammopath.synth.releases_mammo import write_cbis_ddsm_release, write_inbreast_release
+    from mammopath.synth.releases_patho import write_bach_release, write_camelyon16_release, write_camelyon17_release
+
+    out = Path(out)
+    writers = {
+        "cbis-ddsm": lambda: write_cbis_ddsm_release(out, seed, layout="nbia"),
+        "inbreast": lambda: write_inbreast_release(out, seed),
+        "bach": lambda: write_bach_release(out, seed),
+        "camelyon16": lambda: write_camelyon16_release(out, seed),
+        "camelyon17": lambda: write_camelyon17_release(out, seed),
+    }
+    counts: dict[str, dict[str, Any]] = {}
+    for name, write in writers.items():
+        counts[name] = {k: v for k, v in write().items() if k != "root"}
+        if progress:
+            progress("releases", 1)
+    return counts
+
+
+def make_synth_benchmark(
+    out: str | Path,
+    seed: int = 0,
+    cfg: SynthConfig | None = None,
+    progress: Progress | None = None,
+    paired: bool = True,
+) -> pd.DataFrame:
+    """Write the multi-hospital benchmark under ``out`` and its ``manifest.csv``; return the manifest.
+
+    With ``paired``, also writes the paired cohort (``paired/``, ``paired_manifest.csv``). Each domain
+    draws from its own seeded generator, so adding a domain does not change the others.
     """
     cfg = cfg or SynthConfig()
     out = Path(out)
@@ -221,4 +345,9 @@ def make_synth_benchmark(
         rows += write_patho_domain(out, pstyle, cfg, np.random.default_rng([seed, 2, i]), progress)
     manifest = pd.DataFrame(rows)
     write_manifest(manifest, out / "manifest.csv")
+    if paired:
+        write_manifest(
+            write_paired_cohort(out, cfg, np.random.default_rng([seed, 3]), progress=progress),
+            out / "paired_manifest.csv",
+        )
     return manifest
