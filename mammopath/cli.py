@@ -82,7 +82,10 @@ def _cmd_synth(argv: Sequence[str]) -> int:
         )
         numeric = [c for c in table.columns if c not in ("benchmark", "prepare --root")]
         table[numeric] = table[numeric].astype("Int64")
-        _print_frame(table.astype(str).replace("<NA>", ""), "benchmark releases (real layouts; `mammopath prepare` must find these counts)")
+        _print_frame(
+            table.astype(str).replace("<NA>", ""),
+            "benchmark releases (real layouts; `mammopath prepare` must find these counts)",
+        )
     return 0
 
 
@@ -227,6 +230,10 @@ def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True):  # t
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `mammopath`, `lightning` and `python -m mammopath`."""
+    import warnings
+
+    # noise from Lightning internals that users cannot act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not log.handlers:

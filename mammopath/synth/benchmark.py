@@ -220,7 +220,7 @@ def write_paired_cohort(
     labels = {p: int(i % 2) for i, p in enumerate(patients)}
     splits = _assign_splits(rng, patients, labels)
     rows: list[dict[str, Any]] = []
-    size = cfg.slide_size // 2
+    size = cfg.slide_size
     for patient in patients:
         malignant = bool(labels[patient])
         for view in ("CC", "MLO"):
@@ -250,8 +250,16 @@ def write_paired_cohort(
                 }
             )
         lesions = [int(rng.choice([2, 3]))] if malignant else ([1] if rng.random() < 0.5 else [])
-        slide = render_slide(rng, size, lesions, pstyle, None)
         slide_id = f"paired-{patient}-slide"
+        for _attempt in range(8):  # the patient's label must be visible in at least one patch
+            slide = render_slide(rng, size, lesions, pstyle, None)
+            patches = patch_rows_for_slide(
+                slide_id, slide.grade_map, slide.tissue, pstyle.mpp, cfg.patch_size, cfg.patch_mpp, rng, max_patches=16
+            )
+            if patches and (not malignant or any(p["label"] == 1 for p in patches)):
+                break
+        else:
+            raise RuntimeError(f"paired cohort: no usable patches for {patient}; increase slide_size")
         rel = Path("paired") / "patho" / f"{patient}.tif"
         xml = Path("paired") / "patho" / f"{patient}.xml"
         write_pyramid_tiff(out / rel, slide.rgb, mpp=pstyle.mpp, tile=cfg.tile, quality=pstyle.jpeg_quality)
@@ -259,9 +267,7 @@ def write_paired_cohort(
             out / xml,
             [Polygon(points=poly, label="Tumor", positive=True, group="_0") for poly, g in slide.regions if g >= 2],
         )
-        for patch in patch_rows_for_slide(
-            slide_id, slide.grade_map, slide.tissue, pstyle.mpp, cfg.patch_size, cfg.patch_mpp, rng, max_patches=16
-        ):
+        for patch in patches:
             rows.append(
                 {
                     "sample_id": patch["sample_id"],

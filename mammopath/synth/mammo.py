@@ -56,7 +56,7 @@ def lesion_mask(
             length = radius * rng.uniform(1.6, 2.4)
             along = dx * np.cos(angle) + dy * np.sin(angle)
             across = np.abs(-dx * np.sin(angle) + dy * np.cos(angle))
-            mask |= (along > 0) & (along < length) & (across < 1.0 + 0.6 * (1 - along / length))
+            mask |= (along > 0) & (along < length) & (across < 1.5 + 1.0 * (1 - along / length))
     else:
         ratio = rng.uniform(0.8, 1.0)
         angle = rng.uniform(0, np.pi)
@@ -75,7 +75,7 @@ def render_mammogram(rng: np.random.Generator, shape: tuple[int, int], malignant
     density = rng.uniform(0.25, 0.45)
     tissue = density + 0.08 * _smooth_noise(rng, shape, 6) + 0.05 * _smooth_noise(rng, shape, 2)
     image = np.where(breast, np.clip(tissue, 0.05, 0.9), 0.0)
-    radius = rng.uniform(0.07, 0.1) * min(h, w)
+    radius = rng.uniform(0.1, 0.14) * min(h, w)
     ys, xs = np.nonzero(ndimage.binary_erosion(breast, iterations=int(radius * 1.5) + 2))
     pick = rng.integers(len(ys))
     mask = lesion_mask(rng, shape, (float(ys[pick]), float(xs[pick])), radius, malignant) & breast
@@ -107,15 +107,17 @@ def apply_style(image: np.ndarray, style: MammoStyle, rng: np.random.Generator) 
 
 def new_dataset(path: Path, pixels: np.ndarray, *, bits_stored: int, photometric: str = "MONOCHROME2") -> FileDataset:
     """A minimal, valid Digital Mammography DICOM dataset holding ``pixels`` (uint8 or uint16)."""
+    # UIDs derived from the file's last path components: the same benchmark twice is byte-identical
+    key = "/".join(Path(path).parts[-3:])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MAMMO_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["sop", key])
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = MAMMO_SOP_CLASS
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["study", key])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", key])
     ds.Modality = "MG"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

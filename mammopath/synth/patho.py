@@ -20,10 +20,10 @@ from mammopath.synth.styles import PathoStyle
 
 #: Per grade (bach4 index): nuclei per pixel, radius range, hematoxylin amount.
 NUCLEI = {
-    0: (0.0015, (1.5, 2.5), 0.9),
-    1: (0.004, (2.0, 2.8), 1.0),
-    2: (0.008, (2.5, 3.5), 1.3),
-    3: (0.011, (3.0, 5.0), 1.6),
+    0: (0.0035, (2.0, 3.0), 1.0),
+    1: (0.0045, (2.1, 3.2), 1.04),
+    2: (0.0055, (2.3, 3.5), 1.1),
+    3: (0.0065, (2.5, 3.8), 1.16),
 }
 
 

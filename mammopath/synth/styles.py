@@ -49,7 +49,7 @@ class PathoStyle:
 class SynthConfig:
     """Sizes of the default synthetic benchmark (small enough for `make demo` on 2 CPU cores)."""
 
-    mammo_patients_per_domain: int = 60
+    mammo_patients_per_domain: int = 100
     mammo_shape: tuple[int, int] = (160, 128)
     slides_per_domain: int = 16
     slide_size: int = 1024
@@ -101,8 +101,8 @@ class SynthConfig:
                 e_vector=(0.05, 0.92, 0.38),
                 h_scale=0.85,
                 e_scale=1.25,
-                blur=1.0,
-                jpeg_quality=85,
+                blur=1.6,
+                jpeg_quality=60,
                 mpp=0.5,
                 compression="jpeg2000",
                 marker_rate=(0.75, 0.25),
