@@ -61,12 +61,15 @@ bench: install ## benchmarks: ratios against the raw libraries doing the same wo
 reproduce-demo: demo ## the demo, then a report with figures in results/report-demo
 	$(BIN)/mammopath report results/demo --out results/report-demo
 
-reproduce: install ## LODO folds on prepared benchmarks (needs MAMMOPATH_DATA; see docs/reproduction.md)
-	@test -n "$$MAMMOPATH_DATA" || (echo "set MAMMOPATH_DATA to the folder holding the prepared manifests (docs/reproduction.md)"; exit 2)
-	@ls experiments/lodo/*.yaml >/dev/null 2>&1 || (echo "no LODO configs in experiments/lodo/ yet"; exit 2)
+reproduce: install ## every LODO fold of experiments/lodo on prepared benchmarks (docs/reproduction.md)
+	@test -f data/prepared/cbis_ddsm.csv || (echo "prepare the benchmarks into data/prepared/ first (docs/reproduction.md)"; exit 2)
 	@for cfg in experiments/lodo/*.yaml; do \
+		fold=$$(basename $$cfg .yaml); \
 		$(BIN)/mammopath fit --config experiments/base.yaml --config $$cfg || exit 1; \
+		$(BIN)/mammopath test --config experiments/base.yaml --config $$cfg \
+			--ckpt_path runs/lodo_$${fold#holdout_}/checkpoints/best.ckpt || exit 1; \
 	done
+	$(BIN)/mammopath report results/lodo_* --out results/report
 
 tensorboard: install ## TensorBoard on runs/
 	$(BIN)/tensorboard --logdir runs

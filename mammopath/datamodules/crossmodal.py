@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from mammopath.datasets.manifest_dataset import ManifestDataset
 from mammopath.errors import ConfigError
-from mammopath.manifest import GRADE_SCHEMES, load_manifest, num_grades
+from mammopath.manifest import COLUMNS, GRADE_SCHEMES, load_manifest, num_grades, validate_manifest
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,10 @@ class CrossModalDataModule(L.LightningDataModule):
     """Cross-modal LODO data from one manifest.
 
     Args:
-        manifest: manifest CSV/Parquet (see docs/datasets.md).
-        root: data root its paths are relative to (default: the manifest's folder).
+        manifest: manifest CSV/Parquet (see docs/datasets.md), or a list of manifests to compose
+            (e.g. a CBIS-DDSM and a CAMELYON17 manifest); sample ids must be unique across them.
+        root: data root the paths are relative to (default: each manifest's folder); with several
+            manifests, one root per manifest.
         holdout_domains: domains left out of training/validation and evaluated at test time.
         modalities: modalities to load, in dataloader order.
         image_size: model input size (H, W or one int).
@@ -48,8 +50,8 @@ class CrossModalDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        manifest: str,
-        root: str | None = None,
+        manifest: str | list[str],
+        root: str | list[str] | None = None,
         holdout_domains: list[str] | None = None,
         modalities: list[str] | None = None,
         image_size: int | list[int] = 224,
@@ -64,8 +66,16 @@ class CrossModalDataModule(L.LightningDataModule):
         slide_cache_size: int = 16,
     ):
         super().__init__()
-        self.manifest_path = Path(manifest)
-        self.root = Path(root) if root else self.manifest_path.parent
+        paths = [Path(m) for m in ([manifest] if isinstance(manifest, str) else manifest)]
+        if not paths:
+            raise ConfigError("data.manifest is empty: give at least one manifest file")
+        roots = [root] if isinstance(root, str) else list(root or [None] * len(paths))
+        if len(roots) != len(paths):
+            raise ConfigError(f"data.root has {len(roots)} entries for {len(paths)} manifests: give one root per manifest")
+        self.manifest_paths = paths
+        self.roots = [Path(r) if r else p.parent for r, p in zip(roots, paths, strict=True)]
+        self.manifest_path = paths[0]
+        self.root = self.roots[0]
         self.holdout_domains = list(holdout_domains or [])
         self.modalities = list(modalities or ["mammo", "patho"])
         for modality in self.modalities:
@@ -92,9 +102,19 @@ class CrossModalDataModule(L.LightningDataModule):
     def manifest(self) -> pd.DataFrame:
         """The validated manifest (read once)."""
         if self._manifest is None:
-            self._manifest = load_manifest(
-                self.manifest_path, self.root, check_files=self.check_files, required_domains=self.holdout_domains
-            )
+            if len(self.manifest_paths) == 1:
+                self._manifest = load_manifest(
+                    self.manifest_path, self.root, check_files=self.check_files, required_domains=self.holdout_domains
+                )
+            else:  # each part against its own root, then the whole for ids, splits and LODO domains
+                parts = [
+                    load_manifest(path, root, check_files=self.check_files).assign(_root=str(root))
+                    for path, root in zip(self.manifest_paths, self.roots, strict=True)
+                ]
+                source = " + ".join(str(p) for p in self.manifest_paths)
+                combined = pd.concat(parts, ignore_index=True).astype({c: str for c in COLUMNS})
+                combined = combined.replace({"nan": "", "<NA>": ""})
+                self._manifest = validate_manifest(combined, None, source=source, required_domains=self.holdout_domains)
         return self._manifest
 
     @property

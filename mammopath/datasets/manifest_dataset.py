@@ -101,11 +101,15 @@ class ManifestDataset(Dataset):
         return len(self._records)
 
     # -- modality readers ------------------------------------------------------------------------
+    def _root(self, row: dict[str, Any]) -> Path:
+        """The data root of a row (rows of composed manifests carry their own in ``_root``)."""
+        return Path(row["_root"]) if row.get("_root") else self.root
+
     def _mammo(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-        image, meta = read_mammogram(self.root / row["path"])
+        image, meta = read_mammogram(self._root(row) / row["path"])
         mask = None
         if row.get("roi_path"):
-            roi = self.root / row["roi_path"]
+            roi = self._root(row) / row["roi_path"]
             if roi.suffix.lower() == ".xml":
                 from mammopath.io.annotations import rasterize
 
@@ -132,7 +136,7 @@ class ManifestDataset(Dataset):
         return image, mask, {"laterality": laterality, "view": row.get("view") or meta["view"] or ""}
 
     def _patho(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-        path = self.root / row["path"]
+        path = self._root(row) / row["path"]
         if pd.isna(row.get("x")):
             from mammopath.io.microscopy import read_microscopy
 
@@ -152,7 +156,7 @@ class ManifestDataset(Dataset):
         if row.get("roi_path"):
             from mammopath.io.annotations import rasterize
 
-            polygons = _polygons(str(self.root / row["roi_path"]), os.getpid())
+            polygons = _polygons(str(self._root(row) / row["roi_path"]), os.getpid())
             mask = rasterize(polygons, (size, size), downsample=downsample, origin=location)
         return region.astype(np.float32) / 255.0, mask, {}
 

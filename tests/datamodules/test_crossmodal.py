@@ -53,3 +53,32 @@ def test_bad_configuration_errors(synth_root: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="no mammo rows for split 'train'"):
         dm.setup("fit")
+
+
+def test_composes_manifests_with_their_own_roots(synth_root: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from mammopath.manifest import write_manifest
+
+    # the paired cohort re-rooted at its own folder: paths relative to synth_root/paired
+    paired = pd.read_csv(synth_root / "paired_manifest.csv", dtype=str, keep_default_na=False)
+    for column in ("path", "roi_path"):
+        paired[column] = paired[column].str.replace("paired/", "", regex=False)
+    write_manifest(paired, tmp_path / "paired.csv")
+    dm = CrossModalDataModule(
+        [str(synth_root / "manifest.csv"), str(tmp_path / "paired.csv")],
+        root=[str(synth_root), str(synth_root / "paired")],
+        holdout_domains=HOLDOUT,
+        image_size=16,
+        batch_size=4,
+    )
+    dm.setup("fit")
+    train = dm.datasets["train"]["patho"]
+    assert "paired_site" in set(train.rows["domain"])
+    index = int((train.rows["domain"] == "paired_site").to_numpy().nonzero()[0][0])
+    assert train[index]["image"].shape == (3, 16, 16)  # read through its own root
+    with pytest.raises(ConfigError, match="2 entries for 1 manifests"):
+        CrossModalDataModule(str(synth_root / "manifest.csv"), root=[str(synth_root), str(synth_root)])
+    clash = CrossModalDataModule([str(synth_root / "manifest.csv")] * 2, root=[str(synth_root)] * 2)
+    with pytest.raises(ManifestError, match="duplicate sample_id"):
+        clash.setup("fit")
