@@ -207,25 +207,9 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 
 def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True):  # type: ignore[no-untyped-def]
     """The LightningCLI for MammoPathModule + CrossModalDataModule (``args`` as on the command line)."""
-    from lightning.pytorch.cli import LightningCLI
+    from mammopath.lightning_cli import MammoPathCLI
 
-    from mammopath.datamodules.crossmodal import CrossModalDataModule
-    from mammopath.models.module import MammoPathModule
-
-    class MammoPathCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser):  # type: ignore[no-untyped-def]
-            parser.link_arguments("data.image_size", "model.img_size")
-            parser.link_arguments("data.grade_schemes", "model.grade_schemes", apply_on="instantiate")
-
-    return MammoPathCLI(
-        MammoPathModule,
-        CrossModalDataModule,
-        args=list(args) if args is not None else None,
-        run=run,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"epilog": DATA_COMMANDS_HELP},
-    )
+    return MammoPathCLI.create(args, run=run, epilog=DATA_COMMANDS_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

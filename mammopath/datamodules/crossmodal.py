@@ -71,7 +71,9 @@ class CrossModalDataModule(L.LightningDataModule):
             raise ConfigError("data.manifest is empty: give at least one manifest file")
         roots = [root] if isinstance(root, str) else list(root or [None] * len(paths))
         if len(roots) != len(paths):
-            raise ConfigError(f"data.root has {len(roots)} entries for {len(paths)} manifests: give one root per manifest")
+            raise ConfigError(
+                f"data.root has {len(roots)} entries for {len(paths)} manifests: give one root per manifest"
+            )
         self.manifest_paths = paths
         self.roots = [Path(r) if r else p.parent for r, p in zip(roots, paths, strict=True)]
         self.manifest_path = paths[0]
