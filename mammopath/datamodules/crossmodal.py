@@ -69,7 +69,13 @@ class CrossModalDataModule(L.LightningDataModule):
         paths = [Path(m) for m in ([manifest] if isinstance(manifest, str) else manifest)]
         if not paths:
             raise ConfigError("data.manifest is empty: give at least one manifest file")
-        roots: list[str | None] = [root] if isinstance(root, str) else list(root or [None] * len(paths))
+        roots: list[str | None]
+        if isinstance(root, str):
+            roots = [root]
+        elif root:
+            roots = list(root)
+        else:
+            roots = [None] * len(paths)
         if len(roots) != len(paths):
             raise ConfigError(
                 f"data.root has {len(roots)} entries for {len(paths)} manifests: give one root per manifest"
