@@ -190,3 +190,19 @@ class CrossModalDataModule(L.LightningDataModule):
         """sample_id → role (``source``/``heldout``) of one evaluation loader."""
         rows = self.datasets[split][modality].rows
         return dict(zip(rows["sample_id"], rows["role"], strict=True))
+
+
+class SingleModalityDataModule(CrossModalDataModule):
+    """A one-modality view of :class:`CrossModalDataModule`, the base of the per-benchmark datamodules.
+
+    Subclasses set :attr:`modality`; every other argument is the cross-modal one (``modalities`` is
+    fixed, and pathology gets no laterality mirroring).
+    """
+
+    modality: str = "mammo"
+
+    def __init__(self, manifest: str | list[str], root: str | list[str] | None = None, **kwargs: Any) -> None:
+        kwargs.pop("modalities", None)
+        if self.modality == "patho":
+            kwargs.setdefault("canonical_side", None)
+        super().__init__(manifest, root, modalities=[self.modality], **kwargs)

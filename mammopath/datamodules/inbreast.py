@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from mammopath.datamodules.crossmodal import CrossModalDataModule
+from mammopath.datamodules.crossmodal import SingleModalityDataModule
 
 
-class INbreastDataModule(CrossModalDataModule):
+class INbreastDataModule(SingleModalityDataModule):
     """INbreast full-field digital mammograms, mammography only.
 
     ``label`` is a BI-RADS proxy (4a-6 → malignant; INbreast has no pathology column) and the split
     is a deterministic patient-level 60/20/20 on the DICOM-name patient hash (no official split).
-
-    Args:
-        manifest: manifest written by ``mammopath prepare inbreast``.
-        root: the folder its paths are relative to (default: the manifest's folder).
-        **kwargs: any other :class:`CrossModalDataModule` argument (``modalities`` is fixed).
+    Arguments: those of :class:`~mammopath.datamodules.crossmodal.CrossModalDataModule`.
     """
 
-    def __init__(self, manifest: str, root: str | None = None, **kwargs: Any) -> None:
-        kwargs.pop("modalities", None)
-        super().__init__(manifest, root, modalities=["mammo"], **kwargs)
+    modality = "mammo"
