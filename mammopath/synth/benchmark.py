@@ -20,8 +20,8 @@ import pandas as pd
 
 from mammopath.io.annotations import Polygon, write_asap_xml
 from mammopath.manifest import write_manifest
-from mammopath.synth.mammo import apply_style, render_mammogram, write_mammogram_dicom, write_mask_dicom
-from mammopath.synth.patho import render_slide, write_pyramid_tiff
+from mammopath.synth.mammo import MammoCase, apply_style, render_mammogram, write_mammogram_dicom, write_mask_dicom
+from mammopath.synth.patho import SlideCase, render_slide, write_pyramid_tiff
 from mammopath.synth.styles import MammoStyle, PathoStyle, SynthConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,58 @@ def _assign_splits(rng: np.random.Generator, patients: list[str], labels: dict[s
     return splits
 
 
+def _write_view(
+    out: Path, folder: Path, case: MammoCase, style: MammoStyle, rng: np.random.Generator, *, laterality: str, view: str
+) -> dict[str, Any]:
+    """Write one mammogram view and its ROI mask DICOM; return the file/label part of its manifest row."""
+    patient = folder.name
+    rel, roi = folder / f"{laterality}_{view}.dcm", folder / f"{laterality}_{view}_roi.dcm"
+    stored = apply_style(case.image, style, rng)
+    write_mammogram_dicom(out / rel, stored, style, patient_id=patient, laterality=laterality, view=view)
+    write_mask_dicom(out / roi, case.mask, patient_id=patient)
+    return {
+        "modality": "mammo",
+        "path": rel.as_posix(),
+        "label": int(case.malignant),
+        "grade": case.birads,
+        "grade_scheme": "birads",
+        "roi_path": roi.as_posix(),
+        "laterality": laterality,
+        "view": view,
+        "label_source": "annotated",
+    }
+
+
+def _write_slide(out: Path, stem: Path, case: SlideCase, style: PathoStyle, tile: int) -> tuple[Path, Path]:
+    """Write a slide as a pyramidal TIFF and its tumour polygons as ASAP XML; return both relative paths."""
+    rel, xml = stem.with_suffix(".tif"), stem.with_suffix(".xml")
+    write_pyramid_tiff(
+        out / rel, case.rgb, mpp=style.mpp, tile=tile, compression=style.compression, quality=style.jpeg_quality
+    )
+    tumour = [Polygon(points=poly, label="Tumor", positive=True, group="_0") for poly, g in case.regions if g >= 2]
+    write_asap_xml(out / xml, tumour)
+    return rel, xml
+
+
+def _patch_row(patch: dict[str, Any], rel: Path, xml: Path, cfg: SynthConfig, slide_id: str) -> dict[str, Any]:
+    """The file/label part of a patch's manifest row."""
+    return {
+        "sample_id": patch["sample_id"],
+        "modality": "patho",
+        "path": rel.as_posix(),
+        "label": patch["label"],
+        "grade": patch["grade"],
+        "grade_scheme": "bach4",
+        "roi_path": xml.as_posix(),
+        "x": patch["x"],
+        "y": patch["y"],
+        "size": cfg.patch_size,
+        "mpp": cfg.patch_mpp,
+        "parent_id": slide_id,
+        "label_source": "annotated",
+    }
+
+
 def write_mammo_domain(
     out: Path, style: MammoStyle, cfg: SynthConfig, rng: np.random.Generator, progress: Progress | None = None
 ) -> list[dict[str, Any]]:
@@ -61,34 +113,15 @@ def write_mammo_domain(
         marker = bool(rng.random() < style.marker_rate[int(malignant)])
         for view in ("CC", "MLO"):
             case = render_mammogram(rng, cfg.mammo_shape, malignant, marker)
-            image, mask = case.image, case.mask
             if laterality == "R":  # chest wall on the right for right breasts
-                image, mask = image[:, ::-1], mask[:, ::-1]
-            stored = apply_style(image, style, rng)
-            sample_id = f"{style.name}-{patient}-{laterality}{view}"
-            rel = Path("mammo") / style.name / patient / f"{laterality}_{view}.dcm"
-            roi = Path("mammo") / style.name / patient / f"{laterality}_{view}_roi.dcm"
-            write_mammogram_dicom(out / rel, stored, style, patient_id=patient, laterality=laterality, view=view)
-            write_mask_dicom(out / roi, mask, patient_id=patient)
-            rows.append(
-                {
-                    "sample_id": sample_id,
-                    "patient_id": patient,
-                    "modality": "mammo",
-                    "dataset": "synth_mammo",
-                    "domain": style.name,
-                    "split": splits[patient],
-                    "path": rel.as_posix(),
-                    "label": int(malignant),
-                    "grade": case.birads,
-                    "grade_scheme": "birads",
-                    "roi_path": roi.as_posix(),
-                    "laterality": laterality,
-                    "view": view,
-                    "label_source": "annotated",
-                    "marker": int(marker),
-                }
+                case.image, case.mask = case.image[:, ::-1], case.mask[:, ::-1]
+            row = _write_view(
+                out, Path("mammo") / style.name / patient, case, style, rng, laterality=laterality, view=view
             )
+            rows.append(
+                {**row, "sample_id": f"{style.name}-{patient}-{laterality}{view}", "patient_id": patient,
+                 "dataset": "synth_mammo", "domain": style.name, "split": splits[patient], "marker": int(marker)}
+            )  # fmt: skip
             if progress:
                 progress("mammo", 1)
     return rows
@@ -158,47 +191,16 @@ def write_patho_domain(
             dots = False
         case = render_slide(rng, size, plan, style, dots)
         slide_id = f"{style.name}-{slide}"
-        rel = Path("patho") / style.name / f"{slide}.tif"
-        xml = Path("patho") / style.name / f"{slide}.xml"
-        write_pyramid_tiff(
-            out / rel,
-            case.rgb,
-            mpp=style.mpp,
-            tile=cfg.tile,
-            compression=style.compression,
-            quality=style.jpeg_quality,
-        )
-        polygons = [
-            Polygon(points=poly, label="Tumor", positive=True, group="_0") for poly, g in case.regions if g >= 2
-        ]
-        write_asap_xml(out / xml, polygons)
+        rel, xml = _write_slide(out, Path("patho") / style.name / slide, case, style, cfg.tile)
+        extent = int(round(cfg.patch_size * cfg.patch_mpp / style.mpp))
         for patch in patch_rows_for_slide(
             slide_id, case.grade_map, case.tissue, style.mpp, cfg.patch_size, cfg.patch_mpp, rng
         ):
-            extent = int(round(cfg.patch_size * cfg.patch_mpp / style.mpp))
             ink = bool(case.marker_mask[patch["y"] : patch["y"] + extent, patch["x"] : patch["x"] + extent].any())
             rows.append(
-                {
-                    "sample_id": patch["sample_id"],
-                    "patient_id": slide,
-                    "modality": "patho",
-                    "dataset": "synth_patho",
-                    "domain": style.name,
-                    "split": splits[slide],
-                    "path": rel.as_posix(),
-                    "label": patch["label"],
-                    "grade": patch["grade"],
-                    "grade_scheme": "bach4",
-                    "roi_path": xml.as_posix(),
-                    "x": patch["x"],
-                    "y": patch["y"],
-                    "size": cfg.patch_size,
-                    "mpp": cfg.patch_mpp,
-                    "parent_id": slide_id,
-                    "label_source": "annotated",
-                    "marker": int(ink),
-                }
-            )
+                {**_patch_row(patch, rel, xml, cfg, slide_id), "patient_id": slide, "dataset": "synth_patho",
+                 "domain": style.name, "split": splits[slide], "marker": int(ink)}
+            )  # fmt: skip
         if progress:
             progress("patho", 1)
     return rows
@@ -223,32 +225,11 @@ def write_paired_cohort(
     size = cfg.slide_size
     for patient in patients:
         malignant = bool(labels[patient])
+        common = {"patient_id": patient, "dataset": "synth_paired", "domain": "paired_site", "split": splits[patient]}
         for view in ("CC", "MLO"):
             case = render_mammogram(rng, cfg.mammo_shape, malignant, marker=False)
-            rel = Path("paired") / "mammo" / patient / f"L_{view}.dcm"
-            roi = Path("paired") / "mammo" / patient / f"L_{view}_roi.dcm"
-            write_mammogram_dicom(
-                out / rel, apply_style(case.image, mstyle, rng), mstyle, patient_id=patient, laterality="L", view=view
-            )
-            write_mask_dicom(out / roi, case.mask, patient_id=patient)
-            rows.append(
-                {
-                    "sample_id": f"paired-{patient}-L{view}",
-                    "patient_id": patient,
-                    "modality": "mammo",
-                    "dataset": "synth_paired",
-                    "domain": "paired_site",
-                    "split": splits[patient],
-                    "path": rel.as_posix(),
-                    "label": int(malignant),
-                    "grade": case.birads,
-                    "grade_scheme": "birads",
-                    "roi_path": roi.as_posix(),
-                    "laterality": "L",
-                    "view": view,
-                    "label_source": "annotated",
-                }
-            )
+            row = _write_view(out, Path("paired") / "mammo" / patient, case, mstyle, rng, laterality="L", view=view)
+            rows.append({**row, **common, "sample_id": f"paired-{patient}-L{view}"})
         lesions = [int(rng.choice([2, 3]))] if malignant else ([1] if rng.random() < 0.5 else [])
         slide_id = f"paired-{patient}-slide"
         for _attempt in range(8):  # the patient's label must be visible in at least one patch
@@ -260,35 +241,8 @@ def write_paired_cohort(
                 break
         else:
             raise RuntimeError(f"paired cohort: no usable patches for {patient}; increase slide_size")
-        rel = Path("paired") / "patho" / f"{patient}.tif"
-        xml = Path("paired") / "patho" / f"{patient}.xml"
-        write_pyramid_tiff(out / rel, slide.rgb, mpp=pstyle.mpp, tile=cfg.tile, quality=pstyle.jpeg_quality)
-        write_asap_xml(
-            out / xml,
-            [Polygon(points=poly, label="Tumor", positive=True, group="_0") for poly, g in slide.regions if g >= 2],
-        )
-        for patch in patches:
-            rows.append(
-                {
-                    "sample_id": patch["sample_id"],
-                    "patient_id": patient,
-                    "modality": "patho",
-                    "dataset": "synth_paired",
-                    "domain": "paired_site",
-                    "split": splits[patient],
-                    "path": rel.as_posix(),
-                    "label": patch["label"],
-                    "grade": patch["grade"],
-                    "grade_scheme": "bach4",
-                    "roi_path": xml.as_posix(),
-                    "x": patch["x"],
-                    "y": patch["y"],
-                    "size": cfg.patch_size,
-                    "mpp": cfg.patch_mpp,
-                    "parent_id": slide_id,
-                    "label_source": "annotated",
-                }
-            )
+        rel, xml = _write_slide(out, Path("paired") / "patho" / patient, slide, pstyle, cfg.tile)
+        rows += [{**_patch_row(patch, rel, xml, cfg, slide_id), **common} for patch in patches]
         if progress:
             progress("paired", 1)
     return pd.DataFrame(rows)
