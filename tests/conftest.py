@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -34,3 +36,12 @@ def shared_samples() -> Path:
     if not path.is_dir():
         pytest.skip(f"genuine sample files not found at {path} (clone without ../shared)")
     return path
+
+
+def load_fake(name: str) -> ModuleType:
+    """The fake-release generator ``tests/data/<name>/make_fake.py`` as a module (torchgeo style)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_make_fake", REPO / "tests" / "data" / name / "make_fake.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

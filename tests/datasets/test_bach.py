@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import load_fake
 
 from mammopath.datasets import bach
 from mammopath.errors import DataFormatError
 from mammopath.manifest import validate_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("bach_fake", REPO / "tests/data/bach/make_fake.py")
-assert _spec is not None and _spec.loader is not None
-fake = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake)
+fake = load_fake("bach")
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import load_fake
 
 from mammopath.datasets import camelyon17 as c17
 from mammopath.errors import DataFormatError
 from mammopath.manifest import validate_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("c17_fake", REPO / "tests/data/camelyon17/make_fake.py")
-assert _spec is not None and _spec.loader is not None
-fake = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake)
+fake = load_fake("camelyon17")
 
 #: dataset_formats.md §5.2: (negative, itc, micro, macro) per centre.
 PER_CENTRE = {0: (64, 11, 10, 15), 1: (60, 7, 22, 11), 2: (75, 2, 8, 15), 3: (60, 8, 13, 19), 4: (64, 7, 4, 25)}

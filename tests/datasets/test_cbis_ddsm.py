@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import load_fake
 
 from mammopath.datasets import cbis_ddsm
 from mammopath.errors import DataFormatError
@@ -21,14 +20,6 @@ HERE = Path(__file__).resolve().parents[1]
 NBIA_SUBSET = 120
 
 
-def _make_fake_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cbis_make_fake", HERE / "data" / "cbis_ddsm" / "make_fake.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def genuine(shared_samples: Path) -> Path:
     return shared_samples / "cbis_ddsm"
@@ -37,14 +28,14 @@ def genuine(shared_samples: Path) -> Path:
 @pytest.fixture(scope="module")
 def legacy_release(genuine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cbis_legacy")
-    _make_fake_module().make_fake(root, genuine, layout="legacy")
+    load_fake("cbis_ddsm").make_fake(root, genuine, layout="legacy")
     return root
 
 
 @pytest.fixture(scope="module")
 def nbia_release(genuine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cbis_nbia")
-    _make_fake_module().make_fake(root, genuine, layout="nbia", limit=NBIA_SUBSET, rois=True)
+    load_fake("cbis_ddsm").make_fake(root, genuine, layout="nbia", limit=NBIA_SUBSET, rois=True)
     return root
 
 
@@ -154,7 +145,7 @@ def test_missing_column_names_file_and_column(genuine: Path, tmp_path: Path) -> 
 
 
 def test_own_csvs_with_backslashes_and_bad_value(tmp_path: Path) -> None:
-    make_fake = _make_fake_module().make_fake
+    make_fake = load_fake("cbis_ddsm").make_fake
     make_fake(tmp_path, None, layout="legacy", rois=True)
     target = tmp_path / "mass_case_description_train_set.csv"
     target.write_bytes(target.read_bytes().replace(b"/", b"\\"))  # a djkatsaros-style copy

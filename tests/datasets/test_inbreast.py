@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 import pydicom
 import pytest
+from conftest import load_fake
 from pydicom.uid import JPEG2000Lossless
 
 from mammopath.datasets import inbreast
@@ -23,14 +23,6 @@ HERE = Path(__file__).resolve().parents[1]
 BIRADS_COUNTS = {"1": 67, "2": 220, "3": 23, "4a": 13, "4b": 8, "4c": 22, "5": 49, "6": 8}
 
 
-def _make_fake_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("inbreast_make_fake", HERE / "data" / "inbreast" / "make_fake.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def genuine_csv(shared_samples: Path) -> Path:
     return shared_samples / "inbreast" / "INbreast.csv"
@@ -39,7 +31,7 @@ def genuine_csv(shared_samples: Path) -> Path:
 @pytest.fixture(scope="module")
 def fake_release(genuine_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     root = tmp_path_factory.mktemp("inbreast")
-    return root, _make_fake_module().make_fake(root, genuine_csv)
+    return root, load_fake("inbreast").make_fake(root, genuine_csv)
 
 
 def test_genuine_metadata(genuine_csv: Path) -> None:
@@ -78,7 +70,7 @@ def test_prepare_all_410(fake_release: tuple[Path, dict[str, int]], genuine_csv:
 
 
 def test_missing_dicom_is_dropped_with_reason(tmp_path: Path) -> None:
-    _make_fake_module().make_fake(tmp_path)
+    load_fake("inbreast").make_fake(tmp_path)
     dicoms = tmp_path / inbreast.RELEASE / "AllDICOMs"
     victim = sorted(dicoms.iterdir())[0]
     victim.unlink()
