@@ -112,7 +112,7 @@ def per_domain_table(
         threshold: operating threshold for accuracy/sensitivity/specificity, one value or one per modality; fit it on
             source validation data (``threshold_at_specificity``), never on the domains in this table.
         specificity: target specificity for ``sens_at_spec``.
-        n_boot: bootstrap resamples of patients for the AUROC CI.
+        n_boot: bootstrap resamples of patients for the AUROC CI (0 = no CI, e.g. during validation).
         alpha: 1 - CI coverage.
         seed: bootstrap seed.
 
@@ -152,9 +152,10 @@ def per_domain_table(
             scores = labelled["score"].to_numpy(dtype=np.float64)
             labels = labelled["label"].to_numpy(dtype=np.float64)
             m = binary_metrics(scores, labels, threshold=thr, specificity=specificity)
-            low, high = bootstrap_ci(
-                scores, labels, labelled["patient_id"].to_numpy(), metric=auroc, n_boot=n_boot, alpha=alpha, seed=seed
-            )
+            low, high = NAN, NAN
+            if n_boot > 0:
+                groups = labelled["patient_id"].to_numpy()
+                low, high = bootstrap_ci(scores, labels, groups, metric=auroc, n_boot=n_boot, alpha=alpha, seed=seed)
             row.update({k: m[k] for k in TABLE_COLUMNS if k in m})
             row.update(auroc_ci_low=low, auroc_ci_high=high)
         rows.append(row)

@@ -306,17 +306,16 @@ class MammoPathModule(L.LightningModule):
         frame = self._gathered_records()
         if frame.empty:
             return frame
-        table = metrics_table(frame, n_boot=200 if stage == "test" else 1)
-        if stage != "test":  # one resample is no interval: CIs are only computed at test time
-            table[["auroc_ci_low", "auroc_ci_high"]] = float("nan")
+        table = metrics_table(frame, n_boot=200 if stage == "test" else 0)  # CIs at test time only
         for _, row in table.iterrows():
             for metric in ("auroc", "accuracy", "balanced_accuracy", "sens_at_spec", "ece", "qwk", "pointing_game"):
                 if metric in row and pd.notna(row[metric]):
                     self.log(f"{stage}/{row['domain']}/{metric}", float(row[metric]), rank_zero_only=True)
         source = table[table["role"] == "source"]
-        per_modality = source.groupby("modality")["auroc"].mean()
-        mean_auroc = float(np.nanmean(per_modality.values)) if len(per_modality) else float("nan")
-        self.log(f"{stage}/auroc", mean_auroc if np.isfinite(mean_auroc) else 0.0, prog_bar=True, rank_zero_only=True)
+        per_modality = source.groupby("modality")["auroc"].mean().dropna()
+        # undefined (one class everywhere) is logged as 0 so that model selection never prefers it
+        mean_auroc = float(per_modality.mean()) if len(per_modality) else 0.0
+        self.log(f"{stage}/auroc", mean_auroc, prog_bar=True, rank_zero_only=True)
         self.results[stage] = table
         self.results[f"{stage}_predictions"] = frame
         return table

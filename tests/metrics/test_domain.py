@@ -137,3 +137,12 @@ def test_summarize_lodo_on_a_real_table() -> None:
     assert summary.loc["mammo", "domain_gap"] > 0  # the held-out domain was generated with a weaker signal
     no_source = summarize_lodo(table[table["role"] == "heldout"])
     assert no_source["domain_gap"].isna().all()
+
+
+def test_no_bootstrap_gives_nan_ci_and_same_point_estimates() -> None:
+    df = _predictions(3)
+    with_ci = per_domain_table(df, n_boot=50)
+    without = per_domain_table(df, n_boot=0)
+    assert without[["auroc_ci_low", "auroc_ci_high"]].isna().all().all()
+    assert with_ci[["auroc_ci_low", "auroc_ci_high"]].notna().all().all()
+    pd.testing.assert_series_equal(with_ci["auroc"], without["auroc"])
