@@ -36,7 +36,7 @@ class ManifestError(MammopathError):
         self.path = path
         self.problems = problems
         shown = problems[:20]
-        lines = [f"  - {_where(None, r, c) or 'file'}: {m}" for r, c, m in shown]
+        lines = [f"  - {_where(None, r, c)}: {m}" if (r, c) != (None, None) else f"  - {m}" for r, c, m in shown]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         name = str(path) if path is not None else "<manifest>"
         super().__init__(f"invalid manifest {name} ({len(problems)} problem(s)):\n" + "\n".join(lines) + more)

@@ -99,7 +99,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(path, [(None, None, "file not found")])
+        raise ManifestError(path, [(None, None, "the manifest file does not exist")])
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             df = pd.read_parquet(path).astype("string").fillna("")
