@@ -104,12 +104,14 @@ def write_tables(
     return out
 
 
-def _roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every distinct score threshold (tied scores form one diagonal step)."""
     order = np.argsort(-scores, kind="mergesort")
-    labels = labels[order]
-    tps = np.concatenate([[0], np.cumsum(labels)])
-    fps = np.concatenate([[0], np.cumsum(1 - labels)])
-    return fps / max(fps[-1], 1), tps / max(tps[-1], 1)
+    s, y = scores[order], labels[order].astype(float)
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.r_[0.0, np.cumsum(y)[last_of_tie]]
+    fps = np.r_[0.0, (last_of_tie + 1) - tps[1:]]
+    return fps / max(fps[-1], 1.0), tps / max(tps[-1], 1.0)
 
 
 def plot_roc(predictions: pd.DataFrame, path: str | Path) -> Path:
@@ -127,7 +129,7 @@ def plot_roc(predictions: pd.DataFrame, path: str | Path) -> Path:
             labels = group["label"].to_numpy()
             if labels.min() == labels.max():
                 continue
-            fpr, tpr = _roc_curve(group["score"].to_numpy(), labels)
+            fpr, tpr = roc_curve(group["score"].to_numpy(), labels)
             ax.plot(fpr, tpr, linestyle="-" if role == "source" else "--", label=f"{domain} ({role})")
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
         ax.set(title=f"ROC — {modality}", xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1))
