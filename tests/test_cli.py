@@ -71,3 +71,18 @@ def test_entry_points_agree(entry: list[str]) -> None:
 def test_data_command_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate-manifest", str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv" in capsys.readouterr().out
+
+
+def test_synth_then_prepare_through_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "synth"
+    assert main(["synth", "--out", str(out), "--mammo-patients", "3", "--slides", "3", "--no-paired"]) == 0
+    printed = capsys.readouterr().out
+    assert "multi-hospital benchmark" in printed and "benchmark releases" in printed
+    assert (out / "manifest.csv").is_file() and not (out / "paired_manifest.csv").exists()
+    for folder in ("CBIS-DDSM", "INbreast Release 1.0", "ICIAR2018_BACH_Challenge", "CAMELYON16", "CAMELYON17"):
+        assert (out / folder).is_dir(), folder
+    manifest = tmp_path / "bach.csv"
+    assert main(["prepare", "bach", "--root", str(out / "ICIAR2018_BACH_Challenge"), "--out", str(manifest)]) == 0
+    rows = pd.read_csv(manifest)
+    assert len(rows) == 12 and set(rows["grade_scheme"]) == {"bach4"}
+    assert main(["validate-manifest", str(manifest), "--root", str(out / "ICIAR2018_BACH_Challenge")]) == 0
