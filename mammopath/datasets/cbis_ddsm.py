@@ -30,7 +30,7 @@ import pydicom
 
 from mammopath.datasets import PrepareResult
 from mammopath.errors import DataFormatError, DicomReadError
-from mammopath.io.annotations import classify_roi_dicom
+from mammopath.io.masks import classify_roi_dicom
 from mammopath.manifest import COLUMNS
 
 log = logging.getLogger(__name__)

@@ -111,7 +111,7 @@ class ManifestDataset(Dataset):
         if row.get("roi_path"):
             roi = self._root(row) / row["roi_path"]
             if roi.suffix.lower() == ".xml":
-                from mammopath.io.annotations import rasterize
+                from mammopath.io.masks import rasterize
 
                 mask = rasterize(_polygons(str(roi), os.getpid()), image.shape)
             else:
@@ -154,7 +154,7 @@ class ManifestDataset(Dataset):
             downsample = target_mpp / slide.require_mpp()
         mask = None
         if row.get("roi_path"):
-            from mammopath.io.annotations import rasterize
+            from mammopath.io.masks import rasterize
 
             polygons = _polygons(str(self._root(row) / row["roi_path"]), os.getpid())
             mask = rasterize(polygons, (size, size), downsample=downsample, origin=location)

@@ -90,7 +90,7 @@ def tile_slide(
     row: dict[str, Any], root: Path, *, size: int, mpp: float, min_tissue: float
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Patch rows of one slide row, or ``([], reason)`` when it yields none."""
-    from mammopath.io.annotations import rasterize
+    from mammopath.io.masks import rasterize
     from mammopath.io.slide import open_slide
 
     slide_mpp = None if _blank(row.get("slide_mpp")) else float(row["slide_mpp"])
