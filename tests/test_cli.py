@@ -86,3 +86,19 @@ def test_synth_then_prepare_through_cli(tmp_path: Path, capsys: pytest.CaptureFi
     rows = pd.read_csv(manifest)
     assert len(rows) == 12 and set(rows["grade_scheme"]) == {"bach4"}
     assert main(["validate-manifest", str(manifest), "--root", str(out / "ICIAR2018_BACH_Challenge")]) == 0
+
+
+def test_checkpoint_is_weights_only_loadable(synth_root: Path, tmp_path: Path) -> None:
+    import torch
+
+    from mammopath.models.module import MammoPathModule
+
+    args = tiny_args(synth_root, tmp_path, "--trainer.enable_checkpointing=true", "--trainer.max_steps=2")
+    assert main(["fit", *args, "--trainer.limit_val_batches=1"]) == 0
+    (ckpt,) = list(tmp_path.rglob("*.ckpt"))
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")  # plain values only: no pickled objects
+    assert state["hyper_parameters"]["grade_schemes"] == {"bach4": 4, "birads": 7}
+    model = MammoPathModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    restored = dict(model.state_dict())
+    for key, value in state["state_dict"].items():
+        assert torch.equal(restored[key], value), key
