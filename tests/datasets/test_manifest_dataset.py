@@ -9,8 +9,8 @@ import torch
 
 from mammopath.datasets.manifest_dataset import ManifestDataset
 from mammopath.io.annotations import read_asap_xml
-from mammopath.io.masks import rasterize
 from mammopath.io.dicom import read_mammogram
+from mammopath.io.masks import rasterize
 from mammopath.io.slide import open_slide
 from mammopath.manifest import load_manifest
 
