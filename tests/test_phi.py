@@ -1,0 +1,48 @@
+"""No patient-identifying DICOM value reaches any artefact (results, logs, TensorBoard, checkpoints)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+
+from mammopath.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CANARY = "CANARYSECRET"
+
+
+def test_dicom_header_values_never_reach_outputs(synth_root: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data, ignore=shutil.ignore_patterns("CBIS-DDSM", "CAMELYON*", "INbreast*", "ICIAR*"))
+    for path in (data / "mammo").rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.PatientName = f"{CANARY}^NAME"
+        ds.PatientBirthDate = "19000101"
+        ds.InstitutionName = f"{CANARY} HOSPITAL"
+        ds.save_as(path)
+    out = tmp_path / "out"
+    common = [
+        "--config", str(REPO / "tests/conf/tiny.yaml"),
+        f"--data.manifest={data / 'manifest.csv'}",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+        f"--trainer.logger.save_dir={out / 'tb'}",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=2",
+        "--trainer.enable_checkpointing=true",
+    ]  # fmt: skip
+    assert main(["fit", *common]) == 0
+    results = out / "results"
+    callbacks = [
+        "--trainer.callbacks+=mammopath.callbacks.results.ResultsWriter",
+        f"--trainer.callbacks.out_dir={results}",
+    ]
+    assert main(["test", *common, *callbacks]) == 0
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".ckpt" for p in files) and any("events.out.tfevents" in p.name for p in files)
+    assert (results / "predictions.csv").is_file()
+    for path in files:
+        assert CANARY.encode() not in path.read_bytes(), path
+        assert CANARY not in str(path)
