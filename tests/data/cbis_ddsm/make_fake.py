@@ -19,29 +19,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 
+from mammopath.synth.mammo import new_dataset
 from mammopath.synth.releases_mammo import CBIS_FILES, write_cbis_csv
-
-SOP = "1.2.840.10008.5.1.4.1.1.1.2"
 
 
 def _write(path: Path, pixels: np.ndarray, number: int) -> None:
     """A minimal valid DICOM (uint8 → 8-bit, uint16 → 16-bit); ~1 ms each."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SOP
-    meta.MediaStorageSOPInstanceUID = f"2.25.{number + 1}"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SOP, meta.MediaStorageSOPInstanceUID, "MG"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
     bits = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    new_dataset(path, pixels, bits_stored=bits).save_as(path, enforce_file_format=True)
 
 
 def _own_csvs(folder: Path) -> None:

@@ -18,28 +18,18 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from mammopath.io.annotations import write_inbreast_xml
+from mammopath.synth.mammo import new_dataset
 from mammopath.synth.releases_mammo import INBREAST_HEADER
 
-SOP = "1.2.840.10008.5.1.4.1.1.1.2"
 RELEASE = "INbreast Release 1.0"
 
 
 def _write(path: Path, pixels: np.ndarray, number: int, photometric: str) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SOP
-    meta.MediaStorageSOPInstanceUID = f"2.25.{number + 1}"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SOP, meta.MediaStorageSOPInstanceUID, "MG"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 14, 13, 0
+    """A 14-bit INbreast-like DICOM with its PixelSpacing (70 µm)."""
+    ds = new_dataset(path, pixels.astype(np.uint16), bits_stored=14, photometric=photometric)
     ds.PixelSpacing = [0.07, 0.07]
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
