@@ -1,11 +1,15 @@
 """`mammopath synth`: the embedded synthetic multi-hospital benchmark (DESIGN.md §5).
 
-Writes mammograms as DICOM (one folder per hospital) and H&E slides as tiled pyramidal TIFFs with
-ASAP lesion XMLs (one folder per centre), plus ``manifest.csv`` (paths relative to the output
-folder) with patient-disjoint splits. Seeded and deterministic.
+Writes, under one output folder (all paths relative to it), seeded and deterministic:
 
-The two modalities come from different synthetic patients (as in the public benchmarks), so
-cross-modal alignment on this cohort is label-level, not patient-level.
+- the multi-hospital cohort: mammograms as DICOM (one folder per hospital) and H&E slides as tiled
+  pyramidal TIFFs with ASAP lesion XMLs (one folder per centre), listed in ``manifest.csv`` with
+  patient-disjoint splits. Its two modalities come from different synthetic patients (as in the
+  public benchmarks), so cross-modal alignment on it is label-level, not patient-level;
+- the paired cohort (``paired/``, ``paired_manifest.csv``): patients with both modalities, so
+  alignment there can use true patient pairs;
+- tiny releases of CBIS-DDSM, INbreast, BACH, CAMELYON16 and CAMELYON17 in their official layouts
+  (:func:`write_releases`), for ``mammopath prepare``.
 """
 
 from __future__ import annotations
