@@ -1,32 +1,115 @@
 """The LightningCLI behind `mammopath fit|validate|test|predict`.
 
+- The data is in subclass mode: ``data.class_path`` names any datamodule by its short name
+  (``CBISDDSMDataModule``, ``CrossModalDataModule``..., any subclass of ``LodoDataModule``; they are
+  re-exported by ``mammopath.datamodules``); without a ``class_path`` the data is a
+  ``CrossModalDataModule`` (``data: {manifest: ...}``).
+- What the model needs from the data is linked once, at instantiation: input size, grade schemes and
+  input normalization (which the checkpoint then carries).
+- ``run_name`` (and an optional ``method``) decide where a run writes (:func:`apply_run_layout`): TensorBoard
+  ``runs/<run>/<subcommand>`` (fit and test are sibling TensorBoard runs), checkpoints
+  ``runs/<run>/checkpoints``, results ``results/<run>``. A LODO fold config therefore states only its
+  held-out domains and its run name, and every callback of ``base.yaml`` reaches every fold.
+
 A module-level class (not one defined inside a function) so that ``ddp_spawn`` can pickle the
 trainer's references to it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from mammopath.datamodules.crossmodal import CrossModalDataModule
+import mammopath.datamodules  # noqa: F401  (registers the short datamodule names for class_path)
+from mammopath.datamodules.lodo import LodoDataModule
 from mammopath.models.module import MammoPathModule
+
+log = logging.getLogger(__name__)
+
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+def _class_name(entry: Any) -> str:
+    class_path = entry.get("class_path", "") if isinstance(entry, Namespace | dict) else ""
+    return str(class_path).rsplit(".", 1)[-1]
+
+
+def _set(init_args: Namespace, key: str, value: str, what: str) -> None:
+    old = init_args.get(key)
+    if old not in (None, "", value):
+        log.info("run_name: %s.%s %r replaced by %r", what, key, old, value)
+    init_args[key] = value
+
+
+def apply_run_layout(config: Namespace, subcommand: str) -> str | None:
+    """Derive every output folder of a run from ``run_name`` (+ ``method``); returns the run id or None.
+
+    With ``run_name: R`` (and ``method: M``, run id ``R/M``): ``trainer.default_root_dir = runs/<id>``, a
+    TensorBoard logger ``save_dir=runs, name=<id>, version=<subcommand>`` (created when the logger is left at
+    its default, updated when it is a TensorBoardLogger, untouched when it is off or another logger),
+    ``ModelCheckpoint.dirpath = runs/<id>/checkpoints`` and ``ResultsWriter.out_dir = results/<id>``. Values
+    given for these in YAML are replaced (logged). Without ``run_name`` nothing changes.
+    """
+    run = config.get("run_name")
+    if not run:
+        return None
+    method = config.get("method")
+    run_id = f"{run}/{method}" if method else str(run)
+    runs_dir, results_dir = Path(config.get("runs_dir") or "runs"), Path(config.get("results_dir") or "results")
+    run_dir = runs_dir / run_id
+    trainer = config.trainer
+    trainer.default_root_dir = str(run_dir)
+    logger = trainer.get("logger")
+    tensorboard = {"save_dir": str(runs_dir), "name": run_id, "version": subcommand}
+    if logger is None or logger is True:
+        trainer.logger = Namespace(class_path=TENSORBOARD, init_args=Namespace(**tensorboard))
+    else:
+        for entry in logger if isinstance(logger, list) else [logger]:
+            if _class_name(entry) == "TensorBoardLogger":
+                for key, value in tensorboard.items():
+                    _set(entry.init_args, key, value, "TensorBoardLogger")
+    for entry in trainer.get("callbacks") or []:
+        name = _class_name(entry)
+        if name == "ModelCheckpoint":
+            _set(entry.init_args, "dirpath", str(run_dir / "checkpoints"), name)
+        elif name == "ResultsWriter":
+            _set(entry.init_args, "out_dir", str(results_dir / run_id), name)
+            if entry.init_args.get("title") in (None, "Test results"):
+                entry.init_args["title"] = run_id
+    return run_id
 
 
 class MammoPathCLI(LightningCLI):
-    """LightningCLI with the data → model links (image size, grade schemes) stated once."""
+    """LightningCLI with the data → model links stated once and outputs derived from one run name."""
 
     def add_arguments_to_parser(self, parser):  # type: ignore[no-untyped-def]
-        parser.link_arguments("data.image_size", "model.img_size")
+        parser.add_argument("--run_name", type=str | None, default=None, help="run name: decides every output folder")
+        parser.add_argument("--method", type=str | None, default=None, help="method tag: runs/<run_name>/<method>")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="TensorBoard logs and checkpoints")
+        parser.add_argument("--results_dir", type=str, default="results", help="result tables and figures")
+        parser.set_defaults({"data": {"class_path": "mammopath.datamodules.crossmodal.CrossModalDataModule"}})
+        parser.link_arguments("data.image_size", "model.img_size", apply_on="instantiate")
         parser.link_arguments("data.grade_schemes", "model.grade_schemes", apply_on="instantiate")
+        parser.link_arguments("data.normalization", "model.normalization", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        run_id = apply_run_layout(config, self.subcommand or "run")
+        if run_id:
+            log.info("run %s: logs and checkpoints under %s", run_id, config.trainer.default_root_dir)
 
     @classmethod
     def create(cls, args: Sequence[str] | None = None, *, run: bool = True, epilog: str = "") -> MammoPathCLI:
         """Build (and by default run) the CLI; ``args=None`` reads ``sys.argv``."""
         return cls(
             MammoPathModule,
-            CrossModalDataModule,
+            LodoDataModule,
+            subclass_mode_data=True,
             args=list(args) if args is not None else None,
             run=run,
             seed_everything_default=0,

@@ -37,6 +37,7 @@ SHOWN_COLUMNS = (
     "ece",
     "qwk",
     "pointing_game",
+    "bach4_accuracy",
     "mean_heldout_auroc",
     "worst_heldout_auroc",
     "mean_source_auroc",

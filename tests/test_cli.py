@@ -32,7 +32,7 @@ def test_experiment_yaml_parses(config: Path, capsys: pytest.CaptureFixture[str]
         run_lightning_cli(["fit", "--config", str(config), "--print_config"])
     assert info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["backbone"] and printed["data"]["manifest"]
+    assert printed["model"]["backbone"] and printed["data"]["class_path"].startswith("mammopath.datamodules")
 
 
 def test_fit_test_predict_through_cli(synth_root: Path, tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_entry_points_agree(entry: list[str]) -> None:
     command = [str(exe / entry[0]), *entry[1:]] if len(entry) == 1 else entry
     out = subprocess.run([*command, "fit", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "--data.manifest" in out.stdout and "--model.backbone" in out.stdout
+    assert "--data.help" in out.stdout and "--model.backbone" in out.stdout and "--run_name" in out.stdout
 
 
 def test_data_command_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,10 +1,13 @@
 """`ResultsWriter`: test-time tables for people, not only logs.
 
 After ``test`` it writes, under ``out_dir``: ``predictions.csv`` (one row per sample: ids, domain,
-role, label, score, grades), ``metrics_by_domain.csv``/``.md`` (per modality and domain, with
+role, label, score, grades, pointing hit), ``metrics_by_domain.csv``/``.md`` (per modality and domain, with
 patient-bootstrap 95% CIs) and ``lodo_summary.csv``/``.md`` (per modality: mean and worst
 held-out AUROC, mean source AUROC, domain gap), draws ``roc.png`` and prints the tables with rich.
 File names never carry a sample's original file name or a patient value.
+
+It reads the module's evaluation component (``pl_module.evaluation.result("test")``, see
+:class:`~mammopath.metrics.evaluation.Evaluation`), which every evaluation step feeds.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import logging
 from pathlib import Path
 
 import lightning as L
-import pandas as pd
 from rich.console import Console
 
-from mammopath.report import lodo_summary, plot_roc, render_table, write_tables
+from mammopath.errors import ConfigError
+from mammopath.metrics.evaluation import Evaluation
+from mammopath.report import plot_roc, render_table, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +29,33 @@ class ResultsWriter(L.Callback):
     """Write per-domain test results as CSV + Markdown and print them.
 
     Args:
-        out_dir: folder for the result files (created; files in it are replaced atomically).
+        out_dir: folder for the result files (created; files in it are replaced atomically). With a
+            ``run_name`` on the command line the CLI sets it to ``results/<run>``; otherwise it
+            defaults to ``<trainer.default_root_dir>/results``.
         title: heading of the printed table and the Markdown files.
     """
 
-    def __init__(self, out_dir: str = "results", title: str = "Test results"):
+    def __init__(self, out_dir: str | None = None, title: str = "Test results"):
         super().__init__()
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir) if out_dir else None
         self.title = title
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        results: dict[str, pd.DataFrame] = getattr(pl_module, "results", {})
-        table = results.get("test")
-        predictions = results.get("test_predictions")
-        if table is None or predictions is None:
+        evaluation = getattr(pl_module, "evaluation", None)
+        if not isinstance(evaluation, Evaluation):
+            raise ConfigError(f"ResultsWriter needs a module with an evaluation component; got {type(pl_module)}")
+        result = evaluation.result("test")
+        if result is None or result.predictions.empty:
             log.warning("ResultsWriter: the module produced no test results")
             return
-        summary = lodo_summary(table)
-        write_tables(self.out_dir, table=table, summary=summary, predictions=predictions, title=self.title)
-        plot_roc(predictions, self.out_dir / "roc.png")
+        out_dir = self.out_dir or Path(trainer.default_root_dir) / "results"
+        write_tables(
+            out_dir, table=result.table, summary=result.summary, predictions=result.predictions, title=self.title
+        )
+        plot_roc(result.predictions, out_dir / "roc.png")
         console = Console()
-        console.print(render_table(table, f"{self.title}: per domain"))
-        console.print(render_table(summary, f"{self.title}: leave-one-domain-out summary"))
-        console.print(f"results written to [bold]{self.out_dir}[/bold]")
+        console.print(render_table(result.table, f"{self.title}: per domain"))
+        console.print(render_table(result.summary, f"{self.title}: leave-one-domain-out summary"))
+        console.print(f"results written to [bold]{out_dir}[/bold]")

@@ -6,7 +6,8 @@ so it pickles cleanly for ``fork`` and ``spawn`` workers.
 
 Sample keys (CONVENTIONS.md): ``image`` (C, H, W) float in [0, 1] (C = 1 for mammograms, 3 for
 pathology), ``mask`` (H, W) float, ``has_mask``, ``label`` (-1 = missing), ``grade`` (-1 =
-missing), ``grade_scheme``, ``modality``, ``domain``, ``patient_id``, ``sample_id``, ``meta``.
+missing), ``grade_scheme``, ``modality``, ``domain``, ``patient_id``, ``sample_id``, ``role``, ``index`` (the
+row's ``_index`` in a datamodule's composed manifest, else its position here), ``meta``.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ class ManifestDataset(Dataset):
             "patient_id": row["patient_id"],
             "sample_id": row["sample_id"],
             "role": row.get("role") or "",
+            "index": _int_or(row.get("_index"), index),
             "meta": {"dataset": row["dataset"], "parent_id": row.get("parent_id") or "", **extra},
         }
 

@@ -1,7 +1,11 @@
 """Classification metrics: AUROC, thresholded rates, calibration, kappa and patient-level bootstrap CIs.
 
-Plain functions on numpy arrays or torch tensors that return Python floats. The LightningModule calls them at epoch
-end on gathered predictions and the report calls them per domain (``mammopath.metrics.domain``).
+Plain functions on numpy arrays or torch tensors that return Python floats, used per domain by the evaluation
+component (``mammopath.metrics.evaluation``) and the report. The maths comes from ``torchmetrics`` where it has the
+metric (AUROC, accuracy, recall/specificity for balanced accuracy, sensitivity at specificity, quadratic kappa),
+computed in float64; our own code remains where no library has what we need (patient-level cluster bootstrap, the
+frozen-threshold search) or where its definition differs from the one we state (calibration error: see
+:func:`expected_calibration_error` and ``docs/metrics.md``).
 
 Conventions used throughout:
 - ``scores`` are probabilities of the positive class (malignant / tumor) in [0, 1]; ``labels`` are 0/1.
@@ -19,7 +23,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import rankdata
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_auroc,
+    binary_recall,
+    binary_sensitivity_at_specificity,
+    binary_specificity,
+    multiclass_cohen_kappa,
+)
 
 from mammopath.errors import ConfigError
 from mammopath.metrics._arrays import binary_inputs, check_probabilities, to_numpy
@@ -30,13 +43,22 @@ NAN = float("nan")
 
 # Tolerance when comparing an achieved specificity with the requested one (k/n is not always exact in binary).
 _SPEC_TOL = 1e-12
+# torchmetrics computes specificity = 1 - fps/n_neg in float32 whatever the input dtype, so an exact k/n target can
+# compare as just below itself (2/3: 0.66666663 < 0.66666669); the target is lowered by this much to absorb it. It
+# only matters with more than a million negatives in one evaluation set.
+_TM_SPEC_TOL = 1e-6
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(x, copy=True))  # a copy: pandas may hand out read-only views
 
 
 def auroc(scores: Any, labels: Any) -> float:
-    """Area under the ROC curve, computed exactly from ranks (Mann-Whitney U with mid-ranks for ties).
+    """Area under the ROC curve (``torchmetrics`` ``binary_auroc`` in float64; ties count 1/2).
 
-    Equal to ``sklearn.metrics.roc_auc_score`` and ``torchmetrics.functional.auroc(task="binary")``, but NaN when only
-    one class is present (instead of an error or a silent 0), and clipped to [0, 1] against rounding.
+    Equal to ``sklearn.metrics.roc_auc_score``, but NaN when only one class is present (instead of an error or
+    torchmetrics' silent 0), and clipped to [0, 1] against rounding. Scores outside [0, 1] are replaced by their
+    ranks scaled to [0, 1] first (torchmetrics would apply a sigmoid, which saturates and creates ties).
 
     Args:
         scores: any real-valued scores (higher = more likely positive); probabilities are not required here.
@@ -46,14 +68,19 @@ def auroc(scores: Any, labels: Any) -> float:
     return _auroc(s, y)
 
 
+def _unit_scores(s: np.ndarray) -> np.ndarray:
+    """Scores as torchmetrics takes them without a sigmoid: in [0, 1], same order and ties."""
+    if s.size == 0 or (s.min() >= 0.0 and s.max() <= 1.0):
+        return s
+    return (rankdata(s, method="dense") - 1.0) / max(1.0, float(len(np.unique(s)) - 1))
+
+
 def _auroc(s: np.ndarray, y: np.ndarray) -> float:
     n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_pos == y.size:
         return NAN
-    ranks = rankdata(s)  # average ranks: a tie between a positive and a negative counts 1/2
-    u = float(ranks[y == 1].sum()) - n_pos * (n_pos + 1) / 2.0
-    return min(1.0, max(0.0, u / (n_pos * n_neg)))
+    value = float(binary_auroc(_t(_unit_scores(s)), _t(y), validate_args=False))
+    return min(1.0, max(0.0, value))
 
 
 def _roc_points(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,20 +138,43 @@ def threshold_at_specificity(scores: Any, labels: Any, specificity: float) -> fl
 
 
 def sensitivity_at_specificity(scores: Any, labels: Any, specificity: float = 0.9) -> float:
-    """Largest sensitivity among ROC operating points whose specificity is >= ``specificity``; NaN with one class."""
+    """Largest sensitivity among ROC operating points whose specificity is >= ``specificity``; NaN with one class.
+
+    ``torchmetrics`` ``binary_sensitivity_at_specificity``, with the target lowered by 1e-6 against its float32
+    specificity (see ``docs/metrics.md``).
+    """
     _check_specificity(specificity)
     s, y = binary_inputs(scores, labels)
+    return _sens_at_spec(s, y, specificity)
+
+
+def _sens_at_spec(s: np.ndarray, y: np.ndarray, specificity: float) -> float:
     if y.sum() == 0 or y.sum() == y.size:
         return NAN
-    return _operating_point_at_specificity(s, y, specificity)[1]
+    target = max(0.0, specificity - _TM_SPEC_TOL)
+    sens, _ = binary_sensitivity_at_specificity(_t(_unit_scores(s)), _t(y), target, validate_args=False)
+    return float(sens)
+
+
+def calibration_bins(probs: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index of every probability: ``n_bins`` equal-width, right-closed bins on [0, 1].
+
+    Bin ``k`` holds ``(k/n, (k+1)/n]`` and ``p = 0`` belongs to the first bin, so ``p = 1`` (a float32 sigmoid
+    saturates to exactly 1.0 above a logit of about 17) is in the last bin and ``0.3`` with 10 bins in bin 2,
+    ``(0.2, 0.3]``. This is the binning of ``sklearn.calibration.calibration_curve(strategy="uniform")``: edges are
+    ``numpy.linspace(0, 1, n_bins + 1)`` in float64 and a value equal to an edge goes to the bin below it.
+    """
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], probs, side="left")
 
 
 def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> float:
-    """Expected calibration error of positive-class probabilities (L1, equal-width bins on [0, 1]).
+    """Expected calibration error of positive-class probabilities (L1, equal-width bins; :func:`calibration_bins`).
 
-    ECE = sum_b (n_b / n) * |mean(label in b) - mean(prob in b)|, i.e. the reliability diagram of p(y=1), the same
-    definition as ``torchmetrics`` ``binary_calibration_error(norm="l1")``. Bins are [k/n_bins, (k+1)/n_bins) with
-    p = 1 in the last bin.
+    ECE = Σ_b (n_b / n) · |mean(label in b) − mean(prob in b)|: the reliability diagram of p(y = 1), as in
+    ``torchmetrics`` ``binary_calibration_error(norm="l1")``, except for the bins: torchmetrics' are left-closed,
+    its edges are in the input's dtype, and it puts ``p = 1.0`` in an extra bin of its own. Ours are sklearn's (see
+    :func:`calibration_bins`); ``docs/metrics.md`` shows where the two differ.
     """
     if n_bins < 1:
         raise ConfigError(f"n_bins must be >= 1, got {n_bins}")
@@ -132,8 +182,7 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> flo
     check_probabilities(p, name="probs")
     if p.size == 0:
         return NAN
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    idx = calibration_bins(p, n_bins)
     conf_sum = np.bincount(idx, weights=p, minlength=n_bins)
     pos_sum = np.bincount(idx, weights=y.astype(np.float64), minlength=n_bins)
     # sum_b (n_b/n) |pos_b/n_b - conf_b/n_b| = sum_b |pos_b - conf_b| / n
@@ -167,19 +216,19 @@ def binary_metrics(
         raise ConfigError("binary_metrics got no samples; evaluate only domains/splits that have labelled samples")
     n_pos = int(y.sum())
     n_neg = n - n_pos
-    pred = s >= threshold
-    tp = int((pred & (y == 1)).sum())
-    tn = int((~pred & (y == 0)).sum())
-    sens = tp / n_pos if n_pos else NAN
-    spec = tn / n_neg if n_neg else NAN
+    # predictions are made here (score >= threshold) and given to torchmetrics as labels: its own thresholding is
+    # ``score > threshold``, which would disagree with a threshold fitted as an observed score
+    pred, target = _t((s >= threshold).astype(np.int64)), _t(y)
+    sens = float(binary_recall(pred, target, validate_args=False)) if n_pos else NAN
+    spec = float(binary_specificity(pred, target, validate_args=False)) if n_neg else NAN
     both = n_pos > 0 and n_neg > 0
     return {
         "auroc": _auroc(s, y),
-        "accuracy": (tp + tn) / n,
+        "accuracy": float(binary_accuracy(pred, target, validate_args=False)),
         "balanced_accuracy": (sens + spec) / 2.0 if both else NAN,
         "sensitivity": sens,
         "specificity": spec,
-        "sens_at_spec": _operating_point_at_specificity(s, y, specificity)[1] if both else NAN,
+        "sens_at_spec": _sens_at_spec(s, y, specificity),
         "ece": expected_calibration_error(s, y, n_bins=n_bins),
         "n": n,
         "n_pos": n_pos,
@@ -217,8 +266,9 @@ def quadratic_weighted_kappa(y_true: Any, y_pred: Any, num_classes: int) -> floa
     """Cohen's kappa with quadratic weights for ordinal grades (CAMELYON17 pN, BI-RADS).
 
     kappa = 1 - sum(w * O) / sum(w * E), w_ij = (i - j)^2 / (K - 1)^2, O the observed confusion matrix and E the
-    outer product of its marginals divided by n. NaN when agreement by chance is already perfect (sum(w * E) = 0,
-    e.g. a single grade everywhere), as in ``sklearn.metrics.cohen_kappa_score(weights="quadratic")``.
+    outer product of its marginals divided by n (``torchmetrics`` ``multiclass_cohen_kappa(weights="quadratic")``).
+    NaN when agreement by chance is already perfect (sum(w * E) = 0, e.g. a single grade everywhere), as in
+    ``sklearn.metrics.cohen_kappa_score(weights="quadratic")``.
     """
     if num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2 for a kappa, got {num_classes}")
@@ -230,15 +280,9 @@ def quadratic_weighted_kappa(y_true: Any, y_pred: Any, num_classes: int) -> floa
         return NAN
     t = _int_labels(t, num_classes, name="y_true")
     p = _int_labels(p, num_classes, name="y_pred")
-    observed = np.zeros((num_classes, num_classes), dtype=np.float64)
-    np.add.at(observed, (t, p), 1.0)
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / t.size
-    i, j = np.indices((num_classes, num_classes))
-    w = (i - j) ** 2 / (num_classes - 1) ** 2
-    denom = float((w * expected).sum())
-    if denom == 0.0:
-        return NAN
-    return 1.0 - float((w * observed).sum()) / denom
+    kappa = multiclass_cohen_kappa(_t(p), _t(t), num_classes, weights="quadratic", validate_args=False)
+    value = float(kappa)
+    return NAN if math.isnan(value) else value
 
 
 def bootstrap_ci(

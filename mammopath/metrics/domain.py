@@ -1,14 +1,17 @@
 """Per-domain evaluation tables and the leave-one-domain-out (LODO) summary.
 
 ``per_domain_table`` turns a prediction table (one row per evaluated sample) into one row per (modality, domain) with
-AUROC and its patient-level bootstrap CI, thresholded rates, calibration and grading agreement. ``summarize_lodo``
+AUROC and its patient-level bootstrap CI and every metric of the registry :data:`DOMAIN_METRICS` (thresholded rates,
+calibration, grading agreement, pointing game, BACH 4-class accuracy). ``summarize_lodo``
 condenses that into one row per modality: mean and worst held-out AUROC, mean source AUROC and the domain gap
 (WILDS definition: source minus held-out).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -27,23 +30,108 @@ NAN = float("nan")
 REQUIRED_COLUMNS = ("domain", "modality", "score", "label", "patient_id")
 GRADE_COLUMNS = ("grade_true", "grade_pred")
 
-TABLE_COLUMNS = [
-    "modality",
-    "domain",
-    "role",
-    "n",
-    "n_patients",
-    "n_pos",
-    "auroc",
-    "auroc_ci_low",
-    "auroc_ci_high",
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "sens_at_spec",
-    "ece",
-    "qwk",
+
+@dataclass(frozen=True)
+class Settings:
+    """What the per-domain metrics need besides the predictions."""
+
+    threshold: float = 0.5
+    specificity: float = 0.9
+    n_bins: int = 15
+
+
+class DomainData:
+    """The rows of one (modality, domain) with what several metrics share, computed once."""
+
+    def __init__(self, group: pd.DataFrame, modality: str, domain: str, settings: Settings) -> None:
+        self.group, self.modality, self.domain, self.settings = group, modality, domain, settings
+
+    @cached_property
+    def labelled(self) -> pd.DataFrame:
+        labelled = self.group.dropna(subset=["label"])
+        if labelled["score"].isna().any():
+            raise ConfigError(f"modality {self.modality!r}, domain {self.domain!r}: some labelled rows have no score")
+        return labelled
+
+    @cached_property
+    def binary(self) -> dict[str, float]:
+        if self.labelled.empty:
+            return {}
+        s = self.labelled["score"].to_numpy(dtype=np.float64)
+        y = self.labelled["label"].to_numpy(dtype=np.float64)
+        st = self.settings
+        return binary_metrics(s, y, threshold=st.threshold, specificity=st.specificity, n_bins=st.n_bins)
+
+
+@dataclass(frozen=True)
+class DomainMetric:
+    """A per-domain metric: ``fn(data) -> float`` (NaN when undefined); ``logged`` ones go to TensorBoard."""
+
+    name: str
+    fn: Callable[[DomainData], float]
+    logged: bool = True
+
+
+def _binary(name: str) -> Callable[[DomainData], float]:
+    return lambda d: float(d.binary.get(name, NAN))
+
+
+def _qwk(d: DomainData) -> float:
+    group = d.group
+    if not all(c in group.columns for c in GRADE_COLUMNS):
+        return NAN
+    graded = group.dropna(subset=list(GRADE_COLUMNS))
+    if graded.empty:
+        return NAN
+    if "grade_scheme" in graded.columns:
+        schemes = graded["grade_scheme"].dropna().unique()
+        if len(schemes) > 1:
+            raise ConfigError(
+                f"modality {d.modality!r}, domain {d.domain!r} mixes grade schemes {sorted(map(str, schemes))}; "
+                "compute kappa per scheme (split the domain)"
+            )
+    t = graded["grade_true"].to_numpy(dtype=np.float64)
+    p = graded["grade_pred"].to_numpy(dtype=np.float64)
+    # Kappa does not depend on classes that never occur (the weights' scale cancels), so the observed range suffices.
+    num_classes = max(2, int(max(t.max(), p.max())) + 1)
+    return quadratic_weighted_kappa(t, p, num_classes)
+
+
+def _pointing_game(d: DomainData) -> float:
+    if "pointing_hit" not in d.group.columns:
+        return NAN
+    hits = d.group["pointing_hit"].dropna()
+    return float(hits.mean()) if len(hits) else NAN
+
+
+def _bach4_accuracy(d: DomainData) -> float:
+    needed = ("grade_scheme", "grade_true", "bach4_pred")
+    if not all(c in d.group.columns for c in needed):
+        return NAN
+    rows = d.group[(d.group["grade_scheme"] == "bach4") & d.group["grade_true"].notna()]
+    rows = rows[rows["bach4_pred"].notna() & (rows["bach4_pred"] >= 0)]
+    return float((rows["bach4_pred"] == rows["grade_true"]).mean()) if len(rows) else NAN
+
+
+#: The per-domain metrics, in table order. Adding a metric is one entry here: it then appears in
+#: ``metrics_by_domain.csv``, the report and (when ``logged``) TensorBoard as ``{stage}/{domain}/{name}``.
+DOMAIN_METRICS: tuple[DomainMetric, ...] = (
+    DomainMetric("auroc", _binary("auroc")),
+    DomainMetric("accuracy", _binary("accuracy")),
+    DomainMetric("balanced_accuracy", _binary("balanced_accuracy")),
+    DomainMetric("sensitivity", _binary("sensitivity"), logged=False),
+    DomainMetric("specificity", _binary("specificity"), logged=False),
+    DomainMetric("sens_at_spec", _binary("sens_at_spec")),
+    DomainMetric("ece", _binary("ece")),
+    DomainMetric("qwk", _qwk),
+    DomainMetric("pointing_game", _pointing_game),
+    DomainMetric("bach4_accuracy", _bach4_accuracy),
+)
+
+COUNT_COLUMNS = ["n", "n_patients", "n_pos"]
+CI_COLUMNS = ["auroc_ci_low", "auroc_ci_high"]
+TABLE_COLUMNS = ["modality", "domain", "role", *COUNT_COLUMNS, "auroc", *CI_COLUMNS] + [
+    m.name for m in DOMAIN_METRICS if m.name != "auroc"
 ]
 
 SUMMARY_COLUMNS = [
@@ -56,6 +144,11 @@ SUMMARY_COLUMNS = [
     "mean_source_auroc",
     "domain_gap",
 ]
+
+
+def logged_metric_names() -> list[str]:
+    """Names of the per-domain metrics written to TensorBoard."""
+    return [m.name for m in DOMAIN_METRICS if m.logged]
 
 
 def _role(group: pd.DataFrame, modality: str, domain: str) -> str:
@@ -73,26 +166,6 @@ def _role(group: pd.DataFrame, modality: str, domain: str) -> str:
     return "source" if values.pop() else "heldout"
 
 
-def _qwk(group: pd.DataFrame, modality: str, domain: str) -> float:
-    if not all(c in group.columns for c in GRADE_COLUMNS):
-        return NAN
-    graded = group.dropna(subset=list(GRADE_COLUMNS))
-    if graded.empty:
-        return NAN
-    if "grade_scheme" in graded.columns:
-        schemes = graded["grade_scheme"].dropna().unique()
-        if len(schemes) > 1:
-            raise ConfigError(
-                f"modality {modality!r}, domain {domain!r} mixes grade schemes {sorted(map(str, schemes))}; "
-                "compute kappa per scheme (split the domain)"
-            )
-    t = graded["grade_true"].to_numpy(dtype=np.float64)
-    p = graded["grade_pred"].to_numpy(dtype=np.float64)
-    # Kappa does not depend on classes that never occur (the weights' scale cancels), so the observed range suffices.
-    num_classes = max(2, int(max(t.max(), p.max())) + 1)
-    return quadratic_weighted_kappa(t, p, num_classes)
-
-
 def per_domain_table(
     df: pd.DataFrame,
     *,
@@ -101,26 +174,26 @@ def per_domain_table(
     n_boot: int = 200,
     alpha: float = 0.05,
     seed: int = 0,
+    n_bins: int = 15,
 ) -> pd.DataFrame:
-    """One row of metrics per (modality, domain) of a prediction table.
+    """One row of metrics per (modality, domain) of a prediction table (the metrics of :data:`DOMAIN_METRICS`).
 
     Args:
         df: one row per evaluated sample with columns ``domain``, ``modality``, ``score`` (probability of
             malignancy), ``label`` (0/1, empty for unlabelled rows, which binary metrics skip), ``patient_id``;
-            optionally ``is_source`` (bool: the domain was used in training), and ``grade_true``/``grade_pred``
-            (with ``grade_scheme``) for grading.
+            optionally ``is_source`` (bool: the domain was used in training), ``grade_true``/``grade_pred``
+            (with ``grade_scheme``) for grading, ``pointing_hit`` and ``bach4_pred``.
         threshold: operating threshold for accuracy/sensitivity/specificity, one value or one per modality; fit it on
             source validation data (``threshold_at_specificity``), never on the domains in this table.
         specificity: target specificity for ``sens_at_spec``.
         n_boot: bootstrap resamples of patients for the AUROC CI (0 = no CI, e.g. during validation).
         alpha: 1 - CI coverage.
         seed: bootstrap seed.
+        n_bins: calibration bins of ``ece``.
 
     Returns:
-        Columns ``modality, domain, role, n, n_patients, n_pos, auroc, auroc_ci_low, auroc_ci_high, accuracy,
-        balanced_accuracy, sensitivity, specificity, sens_at_spec, ece, qwk``, sorted by modality and domain.
-        ``role`` is ``source`` or ``heldout`` (``heldout`` for every domain when ``is_source`` is absent). Metrics
-        that are undefined (one class, no grades) are NaN.
+        :data:`TABLE_COLUMNS`, sorted by modality and domain. ``role`` is ``source`` or ``heldout`` (``heldout`` for
+        every domain when ``is_source`` is absent). Metrics that are undefined (one class, no grades) are NaN.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -136,31 +209,27 @@ def per_domain_table(
             thr = float(threshold[modality])
         else:
             thr = float(threshold)
-        labelled = group.dropna(subset=["label"])
-        if labelled["score"].isna().any():
-            raise ConfigError(f"modality {modality!r}, domain {domain!r}: some labelled rows have no score")
+        data = DomainData(group, modality, domain, Settings(thr, specificity, n_bins))
+        labelled = data.labelled
         row: dict[str, object] = {
             "modality": modality,
             "domain": domain,
             "role": _role(group, modality, domain),
             "n": len(labelled),
-            "n_pos": 0,
             "n_patients": int(labelled["patient_id"].nunique()),
-            "qwk": _qwk(group, modality, domain),
+            "n_pos": int(data.binary.get("n_pos", 0)),
         }
-        if len(labelled):
+        row.update({m.name: m.fn(data) for m in DOMAIN_METRICS})
+        low, high = NAN, NAN
+        if n_boot > 0 and len(labelled):
             scores = labelled["score"].to_numpy(dtype=np.float64)
             labels = labelled["label"].to_numpy(dtype=np.float64)
-            m = binary_metrics(scores, labels, threshold=thr, specificity=specificity)
-            low, high = NAN, NAN
-            if n_boot > 0:
-                groups = labelled["patient_id"].to_numpy()
-                low, high = bootstrap_ci(scores, labels, groups, metric=auroc, n_boot=n_boot, alpha=alpha, seed=seed)
-            row.update({k: m[k] for k in TABLE_COLUMNS if k in m})
-            row.update(auroc_ci_low=low, auroc_ci_high=high)
+            groups = labelled["patient_id"].to_numpy()
+            low, high = bootstrap_ci(scores, labels, groups, metric=auroc, n_boot=n_boot, alpha=alpha, seed=seed)
+        row.update(auroc_ci_low=low, auroc_ci_high=high)
         rows.append(row)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    return table.astype({"n": "int64", "n_patients": "int64", "n_pos": "int64"}).reset_index(drop=True)
+    return table.astype({c: "int64" for c in COUNT_COLUMNS}).reset_index(drop=True)
 
 
 def summarize_lodo(table: pd.DataFrame) -> pd.DataFrame:

@@ -20,11 +20,11 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
-from timm.models import adapt_input_conv, checkpoint_seq
+from timm.models import adapt_input_conv
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from mammopath.errors import CheckpointError, ConfigError
 from mammopath.models.adapters import ADAPTER_KINDS, inject_adapters, use_modality
@@ -183,6 +183,30 @@ def load_backbone_weights(vit: VisionTransformer, path: str | Path, model_name: 
     logger.info("%s: loaded %d tensors into '%s' (%d adapter tensors)", p, len(sd), model_name, n_adapter)
 
 
+class ChannelSumConv2d(nn.Conv2d):
+    """A patch-embedding convolution that also takes 1-channel input, convolved with the kernel summed over channels.
+
+    Convolving a grayscale image with ``Σ_c W_c`` equals convolving its ``C``-fold copy with ``W``, at
+    ``1/C`` of the cost. Parameters keep their names (``weight``, ``bias``), so checkpoints and timm's
+    own ``forward_features`` are untouched; multi-channel input takes the ordinary path.
+    """
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> ChannelSumConv2d:
+        """The same convolution, sharing ``conv``'s parameters."""
+        if conv.padding_mode != "zeros":
+            raise ConfigError(f"grayscale='sum' needs a zero-padded patch embedding, got {conv.padding_mode!r}")
+        new = cls.__new__(cls)
+        new.__dict__.update(conv.__dict__)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1 and self.in_channels > 1:
+            weight = self.weight.sum(dim=1, keepdim=True)
+            return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return super().forward(x)
+
+
 class ViTEncoder(nn.Module):
     """A timm ViT shared by all modalities, with per-modality adapters in every block.
 
@@ -272,6 +296,8 @@ class ViTEncoder(nn.Module):
         self.embed_dim = int(vit.embed_dim)
         self.num_prefix_tokens = int(vit.num_prefix_tokens)
         self.patch_size = int(ps[0])
+        if grayscale == "sum" and in_chans > 1:
+            vit.patch_embed.proj = ChannelSumConv2d.from_conv(vit.patch_embed.proj)
         view = inject_adapters(vit, self.modalities, adapter, **(adapter_kwargs or {}))
         # Not registered: the adapter modules are owned by the blocks (see inject_adapters).
         self.__dict__["_adapter_view"] = view
@@ -349,21 +375,20 @@ class ViTEncoder(nn.Module):
         with use_modality(self.vit, modality):
             yield
 
-    def _to_model_channels(self, x: Tensor) -> tuple[Tensor, bool]:
-        """Return the input and whether the patch kernel must be summed over channels (grayscale ``sum``)."""
+    def _to_model_channels(self, x: Tensor) -> Tensor:
+        """The input as the patch embedding takes it (grayscale ``replicate`` repeats the channel)."""
         if x.ndim != 4:
             raise ConfigError(f"ViTEncoder expects (B, C, H, W) input; got shape {tuple(x.shape)}")
         c = x.shape[1]
         if c == self.in_chans:
-            return x, False
+            return x
         if c == 1:
-            if self.grayscale == "replicate":
-                return x.expand(-1, self.in_chans, -1, -1), False
-            return x, True
+            # "sum": ChannelSumConv2d convolves the single channel with the summed kernel
+            return x.expand(-1, self.in_chans, -1, -1) if self.grayscale == "replicate" else x
         raise ConfigError(f"input has {c} channels but the encoder expects {self.in_chans} (or 1 for grayscale)")
 
     def forward(self, x: Tensor, modality: str) -> dict[str, Tensor]:
-        """Encode a batch of one modality.
+        """Encode a batch of one modality through timm's public ``forward_features`` / ``forward_head``.
 
         Args:
             x: images ``(B, C, H, W)``; ``C`` = ``in_chans``, or 1 for grayscale mammograms.
@@ -377,26 +402,12 @@ class ViTEncoder(nn.Module):
             ``grid``: ``tensor([h, w])`` (int64, CPU), the patch grid of this input.
         """
         self._check_modality(modality)
-        x, sum_kernel = self._to_model_channels(x)
+        x = self._to_model_channels(x)
         vit = self.vit
         with use_modality(vit, modality):
-            pe = vit.patch_embed
-            if sum_kernel:
-                t = functional_call(pe, {"proj.weight": pe.proj.weight.sum(dim=1, keepdim=True)}, (x,))
-            else:
-                t = pe(x)
-            if t.ndim == 4:  # NHWC (dynamic_img_size)
-                h, w = int(t.shape[1]), int(t.shape[2])
-            else:
-                rnd = math.ceil if pe.dynamic_img_pad else math.floor
-                h, w = rnd(x.shape[-2] / self.patch_size), rnd(x.shape[-1] / self.patch_size)
-            t = vit.norm_pre(vit.patch_drop(vit._pos_embed(t)))
-            if vit.grad_checkpointing and not torch.jit.is_scripting():
-                t = checkpoint_seq(vit.blocks, t)
-            else:
-                t = vit.blocks(t)
-            t = vit.norm(t)
+            t = vit.forward_features(x)
             features = vit.forward_head(t, pre_logits=True)
+        h, w = vit.patch_embed.dynamic_feat_size((int(x.shape[-2]), int(x.shape[-1])))
         tokens = t[:, self.num_prefix_tokens :]
         if isinstance(vit.norm, nn.Identity) and not isinstance(vit.fc_norm, nn.Identity):
             tokens = vit.fc_norm(tokens)

@@ -3,12 +3,11 @@
 - :class:`ClassificationHead`: binary malignancy logit plus optional extra multi-class outputs
   (e.g. BACH 4-class).
 - :class:`LocalizationHead`: a score per patch token (``s_n = wᵀ LN(t_n)``), a heatmap and an
-  image logit by top-k mean or attention-MIL pooling (algorithms.md §7); trained by masks where a
-  sample has one and by its image label otherwise (:func:`localization_loss`).
+  image logit by top-k mean or attention-MIL pooling (algorithms.md §7), and :func:`box_from_heatmap`.
 - :class:`GradingHead`: ordinal CORAL/CORN outputs, one set per grade scheme (BI-RADS, BACH,
-  CAMELYON17 pN...), with :func:`grading_loss`, :func:`predict_grade`, :func:`grade_probabilities`.
+  CAMELYON17 pN...), with :func:`predict_grade` and :func:`grade_probabilities`.
 
-Missing labels are masked out, never imputed.
+Heads produce outputs; the losses that score them live in :mod:`mammopath.losses`.
 """
 
 from __future__ import annotations
@@ -23,14 +22,9 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from mammopath.errors import ConfigError
+from mammopath.losses.task import ORDINAL_METHODS
 
-ORDINAL_METHODS = ("corn", "coral")
 POOLINGS = ("topk", "attention")
-
-
-def _zero_with_grad(*tensors: Tensor) -> Tensor:
-    """A scalar 0 connected to the graph of ``tensors`` (so ``backward()`` works and DDP sees the params)."""
-    return sum((t.sum() * 0.0 for t in tensors), start=torch.zeros((), device=tensors[0].device))
 
 
 def _check_key(name: str, what: str) -> None:
@@ -140,55 +134,9 @@ class LocalizationHead(nn.Module):
         return out
 
     @staticmethod
-    def localization_loss(out: dict[str, Tensor], mask: Tensor | None, has_mask: Tensor, label: Tensor) -> Tensor:
-        """See :func:`localization_loss`."""
-        return localization_loss(out, mask, has_mask, label)
-
-    @staticmethod
     def box_from_heatmap(heatmap: Tensor, threshold_ratio: float = 0.5) -> Tensor:
         """See :func:`box_from_heatmap`."""
         return box_from_heatmap(heatmap, threshold_ratio)
-
-
-def localization_loss(out: dict[str, Tensor], mask: Tensor | None, has_mask: Tensor, label: Tensor) -> Tensor:
-    """Mask-supervised where a mask exists, MIL-supervised by the image label otherwise.
-
-    Per contributing sample the loss is either the mean pixel BCE between the patch logits and the
-    mask area-averaged onto the patch grid (``has_mask``), or the BCE of ``image_logit`` against the
-    binary image label (no mask, label present). The result is the mean over contributing samples;
-    samples with neither are ignored. Returns a graph-connected 0 when nothing contributes.
-
-    Args:
-        out: :class:`LocalizationHead` output (``patch_logits`` ``(B, h, w)``, ``image_logit`` ``(B,)``).
-        mask: ``(B, H, W)`` (or ``(B, 1, H, W)``) in [0, 1], or None when no sample has one.
-        has_mask: ``(B,)`` bool.
-        label: ``(B,)`` float in {0, 1}; NaN or negative = missing.
-    """
-    logits = out["patch_logits"]
-    image_logit = out["image_logit"]
-    b, h, w = logits.shape
-    has_mask = has_mask.to(device=logits.device, dtype=torch.bool).view(-1)
-    label = label.to(device=logits.device, dtype=logits.dtype).view(-1)
-    if has_mask.numel() != b or label.numel() != b:
-        raise ConfigError(f"has_mask and label need {b} entries; got {has_mask.numel()} and {label.numel()}")
-    terms: list[Tensor] = []
-    if bool(has_mask.any()):
-        if mask is None:
-            raise ConfigError("has_mask is True for some samples but mask is None")
-        m = mask.to(device=logits.device, dtype=logits.dtype)
-        if m.ndim == 3:
-            m = m.unsqueeze(1)
-        if m.ndim != 4 or m.shape[0] != b or m.shape[1] != 1:
-            raise ConfigError(f"mask must be (B, H, W) with B={b}; got {tuple(mask.shape)}")
-        target = F.adaptive_avg_pool2d(m[has_mask], (h, w))[:, 0]  # area average per patch
-        pix = F.binary_cross_entropy_with_logits(logits[has_mask], target.clamp(0.0, 1.0), reduction="none")
-        terms.append(pix.flatten(1).mean(dim=1))
-    weak = ~has_mask & torch.isfinite(label) & (label >= 0)
-    if bool(weak.any()):
-        terms.append(F.binary_cross_entropy_with_logits(image_logit[weak], label[weak], reduction="none"))
-    if not terms:
-        return _zero_with_grad(logits, image_logit)
-    return torch.cat(terms).mean()
 
 
 def box_from_heatmap(heatmap: Tensor, threshold_ratio: float = 0.5) -> Tensor:
@@ -230,71 +178,6 @@ class CoralLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Return the ``(B, K-1)`` level logits."""
         return self.fc(x) + self.bias
-
-
-def _levels(y: Tensor, k_minus_1: int) -> Tensor:
-    """Ordinal level targets ``y_k = 1[y > k]``, ``(B, K-1)``."""
-    return (y.unsqueeze(1) > torch.arange(k_minus_1, device=y.device).unsqueeze(0)).float()
-
-
-def grading_loss(
-    logits_by_scheme: dict[str, Tensor], grade: Tensor, scheme_idx: Sequence[str], method: str = "corn"
-) -> Tensor:
-    """Ordinal loss over all schemes, masking samples with no grade.
-
-    CORAL: ``-Σ_k [y_k log σ(g_k) + (1 - y_k) log(1 - σ(g_k))]`` with ``y_k = 1[y > k]``, averaged
-    over graded samples (coral-pytorch ``coral_loss``). CORN: task ``k`` is trained only on samples
-    with ``y > k - 1`` (target ``1[y > k]``), the summed BCE divided by the number of
-    (sample, task) pairs used (coral-pytorch ``corn_loss``). Pooled over schemes with the same
-    normalisation.
-
-    Args:
-        logits_by_scheme: :class:`GradingHead` output; each ``(B, K-1)``.
-        grade: ``(B,)`` long, 0-based grade within the sample's scheme; ``-1`` = missing.
-        scheme_idx: scheme name per sample (``""`` = none).
-        method: ``"corn"`` or ``"coral"``.
-
-    Returns:
-        Scalar loss; a graph-connected 0 when no sample has a grade.
-
-    Raises:
-        ConfigError: unknown scheme name, a grade outside ``[0, K-1]``, or length mismatch.
-    """
-    if method not in ORDINAL_METHODS:
-        raise ConfigError(f"method must be one of {list(ORDINAL_METHODS)}; got '{method}'")
-    if not logits_by_scheme:
-        raise ConfigError("grading_loss got no logits")
-    grade = grade.view(-1)
-    if len(scheme_idx) != grade.numel():
-        raise ConfigError(f"scheme_idx has {len(scheme_idx)} entries but grade has {grade.numel()}")
-    unknown = sorted({s for s in scheme_idx if s and s not in logits_by_scheme})
-    if unknown:
-        raise ConfigError(f"unknown grade scheme(s) {unknown}; the head has {sorted(logits_by_scheme)}")
-    total: Tensor | None = None
-    count = 0
-    for name, logits in logits_by_scheme.items():
-        sel = torch.tensor([s == name for s in scheme_idx], dtype=torch.bool, device=logits.device)
-        sel &= grade.to(logits.device) >= 0
-        if not bool(sel.any()):
-            continue
-        y = grade.to(logits.device)[sel].long()
-        g = logits[sel]
-        km1 = g.shape[1]
-        if bool((y > km1).any()):
-            raise ConfigError(f"grade scheme '{name}' has {km1 + 1} grades but got grade {int(y.max())}")
-        levels = _levels(y, km1)
-        bce = F.binary_cross_entropy_with_logits(g, levels, reduction="none")
-        if method == "coral":
-            part, n = bce.sum(), int(y.numel())
-        else:
-            # task k sees samples with y > k - 1, i.e. y >= k
-            used = (y.unsqueeze(1) >= torch.arange(km1, device=y.device).unsqueeze(0)).float()
-            part, n = (bce * used).sum(), int(used.sum().item())
-        total = part if total is None else total + part
-        count += n
-    if total is None or count == 0:
-        return _zero_with_grad(*logits_by_scheme.values())
-    return total / count
 
 
 def grade_probabilities(logits: Tensor, method: str = "corn") -> Tensor:
@@ -356,7 +239,6 @@ class GradingHead(nn.Module):
         """Return ``{scheme: (B, K-1) level logits}`` for every scheme."""
         return {name: layer(features) for name, layer in self.outputs.items()}
 
-    # The module-level functions, also reachable from the head (``GradingHead.grading_loss(...)``).
-    grading_loss = staticmethod(grading_loss)
+    # The module-level functions, also reachable from the head (``GradingHead.predict_grade(...)``).
     predict_grade = staticmethod(predict_grade)
     grade_probabilities = staticmethod(grade_probabilities)

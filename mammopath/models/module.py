@@ -4,65 +4,60 @@
 losses, callbacks and writers all consume. Training batches are ``{"mammo": batch, "patho": batch}``;
 each modality goes through its own adapter set and the task losses of both are summed.
 
-Callbacks add loss terms through one documented hook, :meth:`MammoPathModule.register_loss_term`:
-the module calls each registered function in ``training_step`` and adds ``weight * value`` to the
-total; it never needs to know which callback is attached.
+The contract with callbacks (``docs/architecture.md``):
+
+- every step returns a dict (:mod:`mammopath.models.outputs`) that callbacks read in ``on_*_batch_end``;
+- :meth:`MammoPathModule.register_loss_term` adds a named term to the training objective
+  (:class:`~mammopath.losses.Objective`), with a weight read at every step so it can be scheduled;
+- :meth:`MammoPathModule.register_prediction_transform` is the one way an inference-time callback
+  (test-time adaptation) replaces the predictions that evaluation records;
+- evaluation results live in :attr:`MammoPathModule.evaluation` (:class:`~mammopath.metrics.evaluation.Evaluation`).
+
+The module never knows which callback is attached. It holds no per-dataset constant: the input
+normalization comes from the datamodule (linked by the CLI) and is saved in every checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from mammopath.metrics.domain import per_domain_table
+from mammopath.errors import ConfigError
+from mammopath.losses import Objective, TermFn, task_losses
+from mammopath.losses.objective import Weight
+from mammopath.metrics.evaluation import Evaluation
 from mammopath.models.encoders import ViTEncoder
-from mammopath.models.heads import (
-    ClassificationHead,
-    GradingHead,
-    LocalizationHead,
-    grading_loss,
-    localization_loss,
-    predict_grade,
-)
+from mammopath.models.heads import ClassificationHead, GradingHead, LocalizationHead
+from mammopath.models.outputs import eval_step_output, predict_step_output
 
 log = logging.getLogger(__name__)
 
-#: term name -> fn(module, batch_by_modality, outputs_by_modality) -> scalar tensor
-LossTermFn = Callable[["MammoPathModule", dict[str, dict[str, Any]], dict[str, dict[str, Tensor]]], Tensor]
-
-DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"cls": 1.0, "bach4": 0.5, "loc": 0.5, "grade": 0.5}
-DEFAULT_NORMALIZE: dict[str, tuple[list[float], list[float]]] = {
-    "mammo": ([0.5], [0.25]),
-    "patho": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-}
+#: fn(module, batch, outputs, stage) -> outputs: replaces the forward dict an evaluation step records
+PredictionTransform = Callable[["MammoPathModule", dict[str, Any], dict[str, Tensor], str], dict[str, Tensor]]
+#: modality -> {"mean": [...], "std": [...]} (one value per channel)
+Normalization = dict[str, dict[str, list[float]]]
+EVAL_STAGES = ("val", "test", "predict")
 
 
-def metrics_table(predictions: pd.DataFrame, n_boot: int = 200) -> pd.DataFrame:
-    """Per (modality, domain) metrics of an evaluation frame, with the pointing game added.
-
-    ``predictions`` uses -1 for missing labels/grades (as collected by the module); they are turned
-    into NaN so every metric skips them.
-    """
-    frame = predictions.copy()
-    frame["label"] = frame["label"].where(frame["label"] >= 0)
-    for column in ("grade_true", "grade_pred"):
-        frame[column] = frame[column].where(frame["grade_true"] >= 0)
-    frame["grade_scheme"] = frame["grade_scheme"].replace("", np.nan)
-    frame["is_source"] = frame["role"] != "heldout"
-    table = per_domain_table(frame, n_boot=n_boot)
-    pointing = frame.groupby(["modality", "domain"])["pointing_hit"].mean().rename("pointing_game").reset_index()
-    return table.merge(pointing, on=["modality", "domain"], how="left")
+def _check_normalization(normalization: Mapping[str, Mapping[str, Sequence[float]]] | None) -> Normalization:
+    result: Normalization = {}
+    for modality, stats in (normalization or {}).items():
+        if set(stats) != {"mean", "std"}:
+            raise ConfigError(f"normalization.{modality} needs exactly 'mean' and 'std'; got {sorted(stats)}")
+        mean, std = [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]]
+        if len(mean) != len(std) or not mean or min(std) <= 0:
+            raise ConfigError(f"normalization.{modality}: mean {mean} and std {std} need equal lengths and std > 0")
+        result[str(modality)] = {"mean": mean, "std": std}
+    return result
 
 
 class MammoPathModule(L.LightningModule):
@@ -82,7 +77,11 @@ class MammoPathModule(L.LightningModule):
         grading_method: ``corn`` or ``coral``.
         localization_pooling: ``topk`` or ``attention`` MIL pooling of patch scores.
         topk_ratio: fraction of patches averaged by top-k pooling.
-        loss_weights: weights of ``cls``, ``bach4``, ``loc``, ``grade`` and registered terms.
+        loss_weights: weights of the task terms ``cls``, ``bach4``, ``loc``, ``grade``; for terms registered by
+            callbacks a multiplier on the callback's (scheduled) weight (:mod:`mammopath.losses.objective`).
+        normalization: per modality ``{"mean": [...], "std": [...]}`` applied to the [0, 1] images; linked from
+            the datamodule by the CLI (None = images enter unnormalized). Saved in the checkpoint.
+        test_bootstrap: patient-bootstrap resamples of the test AUROC CIs (validation computes none).
         optimizer: injected optimizer (YAML ``class_path``).
         scheduler: injected LR scheduler, stepped per epoch.
     """
@@ -104,6 +103,8 @@ class MammoPathModule(L.LightningModule):
         localization_pooling: str = "topk",
         topk_ratio: float = 0.1,
         loss_weights: dict[str, float] | None = None,
+        normalization: dict[str, dict[str, list[float]]] | None = None,
+        test_bootstrap: int = 200,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
     ):
@@ -130,36 +131,76 @@ class MammoPathModule(L.LightningModule):
         self.localizer = LocalizationHead(dim, pooling=localization_pooling, topk_ratio=topk_ratio)
         self.grader = GradingHead(dim, self.grade_schemes, method=grading_method) if self.grade_schemes else None
         self.grading_method = grading_method
-        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
-        for modality, (mean, std) in DEFAULT_NORMALIZE.items():
-            self.register_buffer(f"mean_{modality}", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-            self.register_buffer(f"std_{modality}", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.objective = Objective(loss_weights)
+        self.normalization = _check_normalization(normalization)
+        for modality in self.encoder.modalities:
+            stats = self.normalization.get(modality, {"mean": [0.0], "std": [1.0]})
+            self.register_buffer(f"norm_mean_{modality}", torch.tensor(stats["mean"]).view(1, -1, 1, 1))
+            self.register_buffer(f"norm_std_{modality}", torch.tensor(stats["std"]).view(1, -1, 1, 1))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self._loss_terms: dict[str, tuple[LossTermFn, float]] = {}
-        self._eval_records: list[dict[str, Any]] = []
-        self.results: dict[str, pd.DataFrame] = {}
+        self.evaluation = Evaluation(n_boot=test_bootstrap)
+        self._prediction_transforms: dict[str, tuple[PredictionTransform, tuple[str, ...]]] = {}
 
-    # -- hook for callbacks ----------------------------------------------------------------------
-    def register_loss_term(self, name: str, fn: LossTermFn, weight: float = 1.0) -> None:
-        """Add ``weight * fn(module, batch, outputs)`` to the training loss, logged as ``loss/<name>``.
+    # -- hooks for callbacks ---------------------------------------------------------------------
+    def register_loss_term(self, name: str, fn: TermFn, weight: Weight = 1.0) -> None:
+        """Add ``weight · fn(module, batch, outputs)`` to the training loss, logged as ``loss/<name>``.
 
-        ``batch`` and ``outputs`` are dicts keyed by modality. Callbacks call this once (e.g. in
-        ``setup``); registering the same name again replaces the term.
+        ``batch`` and ``outputs`` are dicts keyed by modality. ``weight`` is a number or a schedule
+        ``weight(global_step) -> float``, read at every step (its value is logged as ``loss_weight/<name>``);
+        a YAML ``model.loss_weights.<name>`` multiplies it. Registering a name again replaces the term.
         """
-        self._loss_terms[name] = (fn, float(weight))
+        self.objective.register(name, fn, weight)
+
+    def set_loss_weight(self, name: str, weight: Weight) -> None:
+        """Change a registered term's weight (a number or a schedule) from the next step on."""
+        self.objective.set_weight(name, weight)
 
     def unregister_loss_term(self, name: str) -> None:
         """Remove a registered loss term (no-op when absent)."""
-        self._loss_terms.pop(name, None)
+        self.objective.unregister(name)
+
+    def register_prediction_transform(
+        self, name: str, fn: PredictionTransform, stages: Sequence[str] = ("test", "predict")
+    ) -> None:
+        """Let ``fn(module, batch, outputs, stage)`` replace the forward dict of evaluation steps of ``stages``.
+
+        This is how an inference-time callback (test-time adaptation) supplies the predictions the
+        evaluation records: the step runs the model, passes its forward dict through every registered
+        transform in registration order, and derives scores, grades and pointing hits from what comes
+        back (:func:`~mammopath.models.outputs.eval_step_output`). ``fn`` runs inside the step, under
+        ``torch.no_grad`` (or ``inference_mode`` unless ``trainer.inference_mode: false``).
+        """
+        bad = sorted(set(stages) - set(EVAL_STAGES))
+        if bad:
+            raise ConfigError(f"prediction transform '{name}': unknown stage(s) {bad}; use {list(EVAL_STAGES)}")
+        self._prediction_transforms[name] = (fn, tuple(stages))
+
+    def unregister_prediction_transform(self, name: str) -> None:
+        """Remove a prediction transform (no-op when absent)."""
+        self._prediction_transforms.pop(name, None)
 
     # -- model -----------------------------------------------------------------------------------
     def normalize(self, images: Tensor, modality: str) -> Tensor:
-        """[0, 1] images → the normalized input of this modality."""
-        mean, std = getattr(self, f"mean_{modality}"), getattr(self, f"std_{modality}")
+        """[0, 1] images → the normalized input of this modality (one-channel input uses the channel mean)."""
+        mean, std = getattr(self, f"norm_mean_{modality}"), getattr(self, f"norm_std_{modality}")
         if images.shape[1] != mean.shape[1]:
             mean, std = mean.mean().view(1, 1, 1, 1), std.mean().view(1, 1, 1, 1)
         return (images - mean) / std
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Take the checkpoint's normalization (what the weights were trained with), whatever the config says."""
+        state = checkpoint.get("state_dict", {})
+        for modality in self.encoder.modalities:
+            for kind in ("mean", "std"):
+                key = f"norm_{kind}_{modality}"
+                saved = state.get(key)
+                if saved is None:
+                    continue
+                current = getattr(self, key)
+                if saved.shape != current.shape or not torch.equal(saved.to(current.device), current):
+                    log.info("normalization %s %s: using the checkpoint's %s", modality, kind, saved.flatten().tolist())
+                    setattr(self, key, saved.clone().to(current.device))
 
     def forward(self, images: Tensor, modality: str) -> dict[str, Tensor]:
         """Encode one single-modality batch of [0, 1] images and run the three heads."""
@@ -182,149 +223,76 @@ class MammoPathModule(L.LightningModule):
             raise ValueError(f"a batch must hold one modality, got {sorted(modalities)}")
         return modalities.pop()
 
-    def task_losses(self, batch: dict[str, Any], out: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-head losses of one single-modality batch; missing labels are masked, never imputed."""
-        label = batch["label"].to(self.device)
-        known = label >= 0
-        zero = out["cls_logit"].sum() * 0.0
-        losses: dict[str, Tensor] = {}
-        losses["cls"] = (
-            F.binary_cross_entropy_with_logits(out["cls_logit"][known], label[known].float()) if known.any() else zero
-        )
-        schemes = list(batch["grade_scheme"])
-        grade = batch["grade"].to(self.device)
-        if "cls_bach4" in out:
-            bach = torch.tensor([s == "bach4" for s in schemes], device=self.device) & (grade >= 0)
-            losses["bach4"] = F.cross_entropy(out["cls_bach4"][bach], grade[bach]) if bach.any() else zero
-        label_f = torch.where(known, label.float(), torch.full_like(label, -1, dtype=torch.float))
-        losses["loc"] = localization_loss(
-            {"patch_logits": out["loc_patch_logits"], "image_logit": out["loc_image_logit"]},
-            batch["mask"].to(self.device),
-            batch["has_mask"].to(self.device),
-            label_f,
-        )
-        if self.grader is not None:
-            logits = {k[len("grade_") :]: v for k, v in out.items() if k.startswith("grade_")}
-            losses["grade"] = grading_loss(logits, grade, schemes, self.grading_method)
-        return losses
-
-    def training_step(self, batch: dict[str, dict[str, Any]], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, dict[str, Any]], batch_idx: int) -> dict[str, Any]:
         outputs: dict[str, dict[str, Tensor]] = {}
-        totals: dict[str, Tensor] = {}
+        terms: dict[str, Tensor] = {}
         for modality, sub in batch.items():
             if sub is None:
                 continue
             outputs[modality] = self(sub["image"], modality)
-            for name, value in self.task_losses(sub, outputs[modality]).items():
-                totals[name] = totals.get(name, 0.0) + value
-        for name, (fn, weight) in self._loss_terms.items():
-            totals[name] = fn(self, batch, outputs)
-            self.loss_weights.setdefault(name, weight)
-        loss = sum(self.loss_weights.get(name, 1.0) * value for name, value in totals.items())
+            for name, value in task_losses(sub, outputs[modality], self.grading_method).items():
+                terms[name] = terms[name] + value if name in terms else value
+        for name, term in self.objective.registered.items():
+            terms[name] = term.fn(self, batch, outputs)
+        total, weights = self.objective.combine(terms, self.global_step)
         size = sum(len(sub["label"]) for sub in batch.values() if sub is not None)
-        for name, value in totals.items():
+        for name, value in terms.items():
             self.log(f"loss/{name}", value, batch_size=size)
-        self.log("loss/total", loss, prog_bar=True, batch_size=size)
-        return loss  # type: ignore[return-value]
+        for name in self.objective.registered:
+            self.log(f"loss_weight/{name}", weights[name], batch_size=size)
+        self.log("loss/total", total, prog_bar=True, batch_size=size)
+        return {"loss": total, "terms": {k: v.detach() for k, v in terms.items()}, "weights": weights}
 
     # -- evaluation ------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _evaluation_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
         modality = self.batch_modality(batch)
         out = self(batch["image"], modality)
-        scores = torch.sigmoid(out["cls_logit"]).detach().float().cpu().numpy()
-        heat = out["loc_heatmap"].detach().float()
-        mask = batch["mask"].to(heat.device) > 0.5
-        has_mask = batch["has_mask"].to(heat.device) & mask.flatten(1).any(1)
-        flat = heat.flatten(1).argmax(1)
-        hit = mask.flatten(1).gather(1, flat[:, None])[:, 0]
-        pointing = torch.where(has_mask, hit.float(), torch.full_like(hit, float("nan"), dtype=torch.float))
-        grade_pred = np.full(len(scores), -1)
-        schemes = list(batch["grade_scheme"])
-        if self.grader is not None:
-            for scheme in self.grade_schemes:
-                idx = [i for i, s in enumerate(schemes) if s == scheme]
-                if idx:
-                    pred = predict_grade(out["grade_" + scheme][idx], self.grading_method).cpu().numpy()
-                    grade_pred[idx] = pred
-        bach4_pred = out["cls_bach4"].argmax(1).cpu().numpy() if "cls_bach4" in out else np.full(len(scores), -1)
-        for i in range(len(scores)):
-            self._eval_records.append(
-                {
-                    "sample_id": batch["sample_id"][i],
-                    "patient_id": batch["patient_id"][i],
-                    "parent_id": batch["meta"]["parent_id"][i],
-                    "modality": modality,
-                    "domain": batch["domain"][i],
-                    "role": batch["role"][i],
-                    "label": int(batch["label"][i]),
-                    "score": float(scores[i]),
-                    "grade_true": int(batch["grade"][i]),
-                    "grade_pred": int(grade_pred[i]),
-                    "grade_scheme": schemes[i],
-                    "bach4_pred": int(bach4_pred[i]),
-                    "pointing_hit": float(pointing[i]),
-                }
-            )
-        return out
+        for fn, stages in list(self._prediction_transforms.values()):
+            if stage in stages:
+                out = fn(self, batch, out, stage)
+        return eval_step_output(batch, out, modality, self.grading_method)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        step = self._evaluation_step(batch, "val")
+        self.evaluation.update(step)
+        return step
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        step = self._evaluation_step(batch, "test")
+        self.evaluation.update(step)
+        return step
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        modality = self.batch_modality(batch)
-        out = self(batch["image"], modality)
-        return {
-            "sample_id": list(batch["sample_id"]),
-            "modality": modality,
-            "score": torch.sigmoid(out["cls_logit"]).cpu(),
-            "heatmap": out["loc_heatmap"].cpu(),
-            "features": out["features"].cpu(),
-        }
+        return predict_step_output(self._evaluation_step(batch, "predict"))
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_records = []
+        self.evaluation.reset()
 
     def on_test_epoch_start(self) -> None:
-        self._eval_records = []
+        self.evaluation.reset()
 
-    def _gathered_records(self) -> pd.DataFrame:
-        records = self._eval_records
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        frame = pd.DataFrame(records)
-        if not frame.empty:  # samples padded in by a distributed sampler appear twice
-            frame = frame.drop_duplicates("sample_id").reset_index(drop=True)
-        self._eval_records = []
-        return frame
-
-    def _log_epoch(self, stage: str) -> pd.DataFrame:
-        frame = self._gathered_records()
-        if frame.empty:
-            return frame
-        table = metrics_table(frame, n_boot=200 if stage == "test" else 0)  # CIs at test time only
-        for _, row in table.iterrows():
-            for metric in ("auroc", "accuracy", "balanced_accuracy", "sens_at_spec", "ece", "qwk", "pointing_game"):
-                if metric in row and pd.notna(row[metric]):
-                    self.log(f"{stage}/{row['domain']}/{metric}", float(row[metric]), rank_zero_only=True)
-        source = table[table["role"] == "source"]
-        per_modality = source.groupby("modality")["auroc"].mean().dropna()
-        # undefined (one class everywhere) is logged as 0 so that model selection never prefers it
-        mean_auroc = float(per_modality.mean()) if len(per_modality) else 0.0
-        self.log(f"{stage}/auroc", mean_auroc, prog_bar=True, rank_zero_only=True)
-        self.results[stage] = table
-        self.results[f"{stage}_predictions"] = frame
+    def _sample_table(self) -> pd.DataFrame:
+        table = getattr(getattr(self.trainer, "datamodule", None), "sample_table", None)
+        if table is None:
+            raise ConfigError(
+                "MammoPathModule evaluation needs a mammopath datamodule (CrossModalDataModule or a benchmark "
+                "datamodule): its sample_table maps the sample index of each step to ids, patients and domains"
+            )
         return table
 
+    def _finish_evaluation(self, stage: str, n_boot: int) -> None:
+        # every rank gathers the same samples and computes the same numbers, so nothing is logged rank-only
+        result = self.evaluation.compute(stage, self._sample_table(), n_boot=n_boot)
+        if result.predictions.empty:
+            return
+        for name, value in self.evaluation.logged(result).items():
+            self.log(name, value, prog_bar=name == f"{stage}/auroc")
+
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
+        self._finish_evaluation("val", n_boot=0)  # CIs at test time only
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        self._finish_evaluation("test", n_boot=self.evaluation.n_boot)
 
     # -- optimization ----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -180,7 +180,9 @@ def test_cli_prepare_and_datamodule(tmp_path: Path) -> None:
     counts = write_cbis_ddsm_release(tmp_path, seed=5, n_patients=8, layout="nbia")
     out = tmp_path / "cbis.csv"
     assert main(["prepare", "cbis-ddsm", "--root", str(tmp_path), "--out", str(out)]) == 0
-    dm = CBISDDSMDataModule(str(out), str(tmp_path), modalities=["mammo", "patho"], image_size=32, batch_size=2)
+    dm = CBISDDSMDataModule(
+        root=str(tmp_path), manifest=str(out), modalities=["mammo", "patho"], image_size=32, batch_size=2
+    )
     assert dm.modalities == ["mammo"] and len(dm.manifest) == counts["images"]
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()[0]))

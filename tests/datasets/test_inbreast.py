@@ -140,7 +140,7 @@ def test_cli_prepare_and_datamodule(tmp_path: Path) -> None:
     counts = write_inbreast_release(tmp_path, seed=2, n_patients=8)
     out = tmp_path / "inbreast.csv"
     assert main(["prepare", "inbreast", "--root", str(tmp_path / inbreast.RELEASE), "--out", str(out)]) == 0
-    dm = INbreastDataModule(str(out), str(tmp_path / inbreast.RELEASE), image_size=32, batch_size=2)
+    dm = INbreastDataModule(root=str(tmp_path / inbreast.RELEASE), manifest=str(out), image_size=32, batch_size=2)
     assert dm.modalities == ["mammo"] and len(dm.manifest) == counts["images"]
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()[0]))

@@ -107,8 +107,9 @@ def test_camelyon17_release_prepare_tile_datamodule(tmp_path: Path) -> None:
     assert set(annotated["parent_id"]) == set(slides.loc[slides["roi_path"] != "", "sample_id"])
     assert (annotated["label"] == 1).any() and (annotated["label"] == 0).any()
     manifest = write_manifest(patches, root / "patches.csv")
-    dm = Camelyon17DataModule(str(manifest), str(root), holdout_domains=["camelyon17/center_1"], image_size=32,
-                              batch_size=4)  # fmt: skip
+    dm = Camelyon17DataModule(
+        root=str(root), manifest=str(manifest), holdout_domains=["camelyon17/center_1"], image_size=32, batch_size=4
+    )
     dm.setup("test")
     roles = dm.roles("test", "patho")
     assert set(roles.values()) == {"source", "heldout"}

@@ -1,0 +1,309 @@
+"""`LodoDataModule`: the leave-one-domain-out split and the loaders every mammopath datamodule shares.
+
+A LODO datamodule reads its data from *sources* (:class:`Source`: a manifest file, the root its paths
+are relative to, and the modality of the rows it gives). Subclasses say where the sources come from:
+:class:`~mammopath.datamodules.crossmodal.CrossModalDataModule` composes manifests and other
+datamodules, :class:`~mammopath.datamodules.benchmark.BenchmarkDataModule` builds one benchmark's
+manifest from its release.
+
+Training batches are ``{"mammo": batch, "patho": batch}`` (Lightning ``CombinedLoader``,
+``max_size_cycle``), so every step sees both modalities and each goes through its own adapters.
+Validation and test use one loader per modality (``dataloader_idx`` 0 = mammo, 1 = patho, in
+:attr:`modalities` order).
+
+LODO: rows of ``holdout_domains`` never reach training or validation (model selection uses
+source-domain validation only); at test time every row of a held-out domain is evaluated
+(role ``heldout``) next to the source domains' test split (role ``source``). The held-out domains
+are validated across the whole composition.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader
+
+from mammopath.datasets.manifest_dataset import ManifestDataset
+from mammopath.errors import ConfigError
+from mammopath.manifest import COLUMNS, GRADE_SCHEMES, load_manifest, num_grades, validate_manifest
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("mammo", "patho")
+#: Input normalization of data without benchmark knowledge: generic conventions, not measured statistics
+#: (mammography: [0, 1] intensities centred on 0.5; pathology: the ImageNet RGB statistics most encoders expect).
+DEFAULT_NORMALIZATION: dict[str, dict[str, list[float]]] = {
+    "mammo": {"mean": [0.5], "std": [0.25]},
+    "patho": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+}
+SAMPLE_TABLE_COLUMNS = ["sample_id", "patient_id", "parent_id", "dataset", "modality", "domain", "grade_scheme"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One manifest of a composition: its file, the root its paths are relative to, the rows it gives."""
+
+    name: str
+    manifest: Path
+    root: Path
+    modality: str | None = None  # keep only this modality's rows (None: all)
+
+
+class LodoDataModule(L.LightningDataModule):
+    """LODO split, datasets and loaders over the rows of :meth:`sources` (the base of every mammopath datamodule).
+
+    Args:
+        holdout_domains: domains left out of training/validation and evaluated at test time.
+        modalities: modalities to load, in dataloader order (default: those the sources have).
+        image_size: model input size (H, W or one int).
+        batch_size: per modality and step.
+        eval_batch_size: per modality for validation/test/predict (default ``batch_size``).
+        num_workers: DataLoader workers per loader.
+        multiprocessing_context: ``fork``/``spawn``/``forkserver`` (None = platform default).
+        canonical_side: mirror mammograms to this side (None = off).
+        crop_breast: crop mammograms to the breast region.
+        augment: train-time flips/rotations.
+        check_files: verify at setup that every file exists.
+        slide_cache_size: open slides kept per worker.
+        normalization: per modality ``{"mean": [...], "std": [...]}``; default: the sources' own (benchmark
+            datamodules carry theirs), else :data:`DEFAULT_NORMALIZATION`. Linked into the model.
+    """
+
+    def __init__(
+        self,
+        holdout_domains: list[str] | None = None,
+        modalities: list[str] | None = None,
+        image_size: int | list[int] = 224,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        multiprocessing_context: str | None = None,
+        canonical_side: str | None = "L",
+        crop_breast: bool = False,
+        augment: bool = True,
+        check_files: bool = True,
+        slide_cache_size: int = 16,
+        normalization: dict[str, dict[str, list[float]]] | None = None,
+    ):
+        super().__init__()
+        #: datamodules whose rows join this one, per modality (only a composition has any)
+        self.children: dict[str, list[LodoDataModule]] = {"mammo": [], "patho": []}
+        self.holdout_domains = list(holdout_domains or [])
+        for modality in modalities or []:
+            if modality not in MODALITIES:
+                raise ConfigError(f"unknown modality {modality!r} in data.modalities (use 'mammo' and/or 'patho')")
+        self._modalities = list(modalities) if modalities else None
+        self.image_size = image_size if isinstance(image_size, int) else [int(v) for v in image_size]
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.multiprocessing_context = multiprocessing_context if num_workers > 0 else None
+        self.dataset_kwargs: dict[str, Any] = {
+            "image_size": self.image_size if isinstance(self.image_size, int) else tuple(self.image_size),
+            "canonical_side": canonical_side,
+            "crop_breast": crop_breast,
+            "slide_cache_size": slide_cache_size,
+        }
+        self.augment = augment
+        self.check_files = check_files
+        self._normalization = normalization
+        self._manifest: pd.DataFrame | None = None
+        self.datasets: dict[str, dict[str, ManifestDataset]] = {}
+
+    # -- sources ---------------------------------------------------------------------------------
+    def own_sources(self) -> list[Source]:
+        """The sources of this datamodule itself (subclasses: their manifests)."""
+        return []
+
+    def rebase(self, data_root: Path) -> None:
+        """Resolve relative roots against ``data_root`` (called by a composing datamodule)."""
+        for child in self.children["mammo"] + self.children["patho"]:
+            child.rebase(data_root)
+
+    def sources(self) -> list[Source]:
+        """Every source, children's rows restricted to the modality they are listed under."""
+        sources = self.own_sources()
+        for slot, children in self.children.items():
+            for child in children:
+                declared = getattr(child, "modality", None)
+                if isinstance(declared, str) and declared != slot:
+                    other = "patho" if slot == "mammo" else "mammo"
+                    raise ConfigError(
+                        f"{type(child).__name__} is a {declared} benchmark: list it under data.{other}, not data.{slot}"
+                    )
+                sources += [Source(s.name, s.manifest, s.root, slot) for s in child.sources()]
+        if not sources:
+            raise ConfigError(
+                "no data: give data.manifest (your own manifest) or benchmark datamodules under data.mammo / data.patho"
+            )
+        return sources
+
+    def prepare_data(self) -> None:
+        """Build what the children need (benchmark manifests, cached)."""
+        for child in self.children["mammo"] + self.children["patho"]:
+            child.prepare_data()
+
+    # -- manifest --------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> pd.DataFrame:
+        """The validated manifest of the whole composition (read once), with ``_root`` and ``_index`` columns."""
+        if self._manifest is None:
+            sources = self.sources()
+            if len(sources) == 1 and sources[0].modality is None:
+                src = sources[0]
+                combined = load_manifest(
+                    src.manifest, src.root, check_files=self.check_files, required_domains=self.holdout_domains
+                ).assign(_root=str(src.root))
+            else:  # each part against its own root, then the whole for ids, splits and LODO domains
+                parts = [self._part(src) for src in sources]
+                names = " + ".join(src.name for src in sources)
+                combined = pd.concat(parts, ignore_index=True).astype({c: str for c in COLUMNS})
+                combined = combined.replace({"nan": "", "<NA>": ""})
+                combined = validate_manifest(combined, None, source=names, required_domains=self.holdout_domains)
+            self._manifest = combined.reset_index(drop=True).assign(_index=range(len(combined)))
+            self._check_grade_schemes(self._manifest)
+        return self._manifest
+
+    def _part(self, src: Source) -> pd.DataFrame:
+        df = load_manifest(src.manifest, src.root, check_files=self.check_files)
+        if src.modality is not None:
+            kept = df[df["modality"] == src.modality]
+            if kept.empty:
+                raise ConfigError(f"{src.name}: no {src.modality} rows; list it under the modality it has")
+            df = kept
+        return df.assign(_root=str(src.root))
+
+    def _check_grade_schemes(self, manifest: pd.DataFrame) -> None:
+        present = {s for s in manifest["grade_scheme"].unique() if s}
+        declared = set(self.grade_schemes)
+        if not present <= declared:
+            raise ConfigError(
+                f"the manifest has grade schemes {sorted(present - declared)} that the datamodule does not declare "
+                f"({sorted(declared)}); the model's grading head would lack them"
+            )
+
+    def declared_grade_schemes(self) -> set[str]:
+        """Grade schemes of the sources (subclasses add their own to the children's)."""
+        schemes: set[str] = set()
+        for child in self.children["mammo"] + self.children["patho"]:
+            schemes |= child.declared_grade_schemes()
+        return {s for s in schemes if s in GRADE_SCHEMES}
+
+    @property
+    def grade_schemes(self) -> dict[str, int]:
+        """Grade schemes of the composition → number of ordinal levels (given to the model once, by the CLI)."""
+        return {s: num_grades(s) for s in sorted(self.declared_grade_schemes())}
+
+    def source_normalization(self) -> dict[str, dict[str, list[float]]]:
+        """Per-modality normalization the sources carry (plain manifests: :data:`DEFAULT_NORMALIZATION`)."""
+        merged: dict[str, dict[str, list[float]]] = {}
+        entries = self.own_normalization()
+        for slot, children in self.children.items():
+            entries += [(type(c).__name__, slot, c.source_normalization()) for c in children]
+        for name, slot, stats in entries:
+            for modality, value in stats.items():
+                if slot and modality != slot:
+                    continue
+                if modality in merged and merged[modality] != value:
+                    raise ConfigError(
+                        f"{name} normalizes {modality} with {value}, another source with {merged[modality]}; "
+                        f"set data.normalization.{modality} explicitly"
+                    )
+                merged[modality] = value
+        return merged
+
+    def own_normalization(self) -> list[tuple[str, str, dict[str, dict[str, list[float]]]]]:
+        """``(name, modality slot or "", stats)`` of this datamodule's own sources (subclasses)."""
+        return []
+
+    @property
+    def normalization(self) -> dict[str, dict[str, list[float]]]:
+        """Per-modality input normalization (linked into the model and saved in its checkpoints)."""
+        if self._normalization is not None:
+            return {m: {"mean": list(v["mean"]), "std": list(v["std"])} for m, v in self._normalization.items()}
+        return self.source_normalization()
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities loaded, in dataloader order: ``data.modalities``, else those the sources have."""
+        if self._modalities is None:
+            present = set(self.manifest["modality"].unique())
+            self._modalities = [m for m in MODALITIES if m in present]
+        return self._modalities
+
+    @property
+    def source_domains(self) -> list[str]:
+        """Domains used for training and model selection."""
+        return sorted(set(self.manifest["domain"]) - set(self.holdout_domains))
+
+    @property
+    def sample_table(self) -> pd.DataFrame:
+        """One row per sample of the composition, indexed by its sample index: ids, patient, domain, role.
+
+        The evaluation joins this to the per-sample numbers it gathers (``mammopath.metrics.evaluation``).
+        """
+        table = self.manifest.set_index("_index")[SAMPLE_TABLE_COLUMNS]
+        role = table["domain"].isin(self.holdout_domains).map({True: "heldout", False: "source"})
+        return table.assign(role=role)
+
+    def frame(self, stage: str, modality: str) -> pd.DataFrame:
+        """Rows of one stage (``train``/``val``/``test``) and modality, with a ``role`` column."""
+        df = self.manifest[self.manifest["modality"] == modality]
+        held = df["domain"].isin(self.holdout_domains)
+        if stage in ("train", "val"):
+            return df[(df["split"] == stage) & ~held].assign(role="source")
+        source = df[(df["split"] == "test") & ~held].assign(role="source")
+        return pd.concat([source, df[held].assign(role="heldout")], ignore_index=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in stages.get(stage or "fit", ("train", "val", "test")):
+            self.datasets[split] = {}
+            for modality in self.modalities:
+                rows = self.frame(split, modality)
+                if rows.empty:
+                    names = " + ".join(src.name for src in self.sources())
+                    raise ConfigError(
+                        f"{names}: no {modality} rows for split '{split}' "
+                        f"(holdout_domains={self.holdout_domains}); check the manifest or data.modalities"
+                    )
+                self.datasets[split][modality] = ManifestDataset(
+                    rows, rows["_root"].iloc[0], augment=self.augment and split == "train", **self.dataset_kwargs
+                )
+            log.info("%s: %s", split, ", ".join(f"{m}={len(d)}" for m, d in self.datasets[split].items()))
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def _loader(self, dataset: ManifestDataset, *, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            multiprocessing_context=self.multiprocessing_context,
+        )
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {m: self._loader(d, train=True) for m, d in self.datasets["train"].items()}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self.datasets["val"][m], train=False) for m in self.modalities]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self.datasets["test"][m], train=False) for m in self.modalities]
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self.test_dataloader()
+
+    def roles(self, split: str, modality: str) -> dict[str, str]:
+        """sample_id → role (``source``/``heldout``) of one evaluation loader."""
+        rows = self.datasets[split][modality].rows
+        return dict(zip(rows["sample_id"], rows["role"], strict=True))
