@@ -61,12 +61,15 @@ bench: install ## benchmarks: ratios against the raw libraries doing the same wo
 reproduce-demo: demo ## the demo, then a report with figures in results/report-demo
 	$(BIN)/mammopath report results/demo --out results/report-demo
 
-reproduce: install ## every LODO fold of experiments/lodo on prepared benchmarks (docs/reproduction.md)
-	@test -f data/prepared/cbis_ddsm.csv || (echo "prepare the benchmarks into data/prepared/ first (docs/reproduction.md)"; exit 2)
+DATA_ROOT ?= data/raw
+PUBLIC := --config experiments/base.yaml --config experiments/benchmarks/public.yaml
+
+reproduce: install ## every LODO fold of experiments/lodo on the public releases under DATA_ROOT (docs/reproduction.md)
+	@test -d "$(DATA_ROOT)" || (echo "put the releases under DATA_ROOT=$(DATA_ROOT) first (docs/reproduction.md)"; exit 2)
 	@for cfg in experiments/lodo/*.yaml; do \
 		fold=$$(basename $$cfg .yaml); \
-		$(BIN)/mammopath fit --config experiments/base.yaml --config $$cfg || exit 1; \
-		$(BIN)/mammopath test --config experiments/base.yaml --config $$cfg \
+		$(BIN)/mammopath fit $(PUBLIC) --config $$cfg --data.init_args.data_root=$(DATA_ROOT) || exit 1; \
+		$(BIN)/mammopath test $(PUBLIC) --config $$cfg --data.init_args.data_root=$(DATA_ROOT) \
 			--ckpt_path runs/lodo_$${fold#holdout_}/checkpoints/best.ckpt || exit 1; \
 	done
 	$(BIN)/mammopath report results/lodo_* --out results/report

@@ -134,7 +134,8 @@ def plot_roc(predictions: pd.DataFrame, path: str | Path) -> Path:
             ax.plot(fpr, tpr, linestyle="-" if role == "source" else "--", label=f"{domain} ({role})")
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
         ax.set(title=f"ROC — {modality}", xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=8, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

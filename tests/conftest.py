@@ -45,3 +45,18 @@ def load_fake(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def synth_releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The five benchmark releases `mammopath synth` writes, in their official layouts (read-only by convention)."""
+    from mammopath.synth.benchmark import write_releases
+
+    root = tmp_path_factory.mktemp("releases")
+    write_releases(root, seed=0)
+    return root
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and modification time (to prove a folder was not written)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}

@@ -15,6 +15,7 @@ def run_test(synth_root: Path, out: Path, *extra: str) -> pd.DataFrame:
     args = [
         "test",
         "--config", str(REPO / "tests/conf/tiny.yaml"),
+        "--config", str(REPO / "tests/conf/synth.yaml"),
         f"--data.manifest={synth_root / 'manifest.csv'}",
         "--data.eval_batch_size=7",
         f"--trainer.default_root_dir={out}",

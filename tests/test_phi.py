@@ -25,6 +25,7 @@ def test_dicom_header_values_never_reach_outputs(synth_root: Path, tmp_path: Pat
     out = tmp_path / "out"
     common = [
         "--config", str(REPO / "tests/conf/tiny.yaml"),
+        "--config", str(REPO / "tests/conf/synth.yaml"),
         f"--data.manifest={data / 'manifest.csv'}",
         f"--trainer.default_root_dir={out}",
         "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",

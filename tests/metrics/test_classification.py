@@ -254,3 +254,23 @@ def test_domain_gap_is_source_minus_target() -> None:
     assert domain_gap(0.93, 0.70) == pytest.approx(0.23)
     assert domain_gap(0.8, 0.85) == pytest.approx(-0.05)
     assert math.isnan(domain_gap(0.9, float("nan")))
+
+
+def test_ece_bins_are_right_closed_at_edges_and_one() -> None:
+    from sklearn.calibration import calibration_curve
+
+    from mammopath.metrics.classification import calibration_bins
+
+    # 0.3 with 10 bins is in (0.2, 0.3]; 1.0 (a saturated float32 sigmoid) in the last bin; 0.0 in the first
+    assert calibration_bins(np.array([0.3, 0.30000001, 1.0, 0.0, 0.1]), 10).tolist() == [2, 3, 9, 0, 0]
+    saturated = torch.sigmoid(torch.tensor([17.0, 20.0])).numpy()
+    assert (saturated == 1.0).all() and calibration_bins(saturated.astype(np.float64), 10).tolist() == [9, 9]
+    p, y = np.array([0.3, 0.3, 0.25, 1.0, 1.0, 0.95]), np.array([1, 0, 0, 0, 1, 1])
+    # by hand: bin (0.2, 0.3]: conf 0.85/3, freq 1/3; bin (0.9, 1]: conf 2.95/3, freq 2/3
+    hand = (abs(1 - 0.85) + abs(2 - 2.95)) / 6
+    assert expected_calibration_error(p, y, n_bins=10) == pytest.approx(hand)
+    _, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    assert prob_pred.tolist() == pytest.approx([0.85 / 3, 2.95 / 3])  # sklearn forms the same two bins
+    # torchmetrics puts p = 1.0 into a bin of its own (documented in docs/metrics.md)
+    tm = binary_calibration_error(torch.tensor(p), torch.tensor(y), n_bins=10, norm="l1").item()
+    assert tm != pytest.approx(hand)

@@ -315,3 +315,43 @@ def test_bad_construction_arguments():
         _encoder(model_kwargs={"num_classes": 3})
     with pytest.raises(ConfigError, match="cannot build timm model 'not_a_model'"):
         _encoder(name="not_a_model")
+
+
+FAMILIES = {
+    "class_token": {},
+    "no_class_token": {"class_token": False, "global_pool": "avg"},
+    "registers": {"reg_tokens": 4},
+    "registers_no_class_token": {"reg_tokens": 2, "class_token": False, "global_pool": "avg"},
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("channels", [3, 1])
+def test_zero_init_encoder_equals_timm_forward_features_on_every_family(family: str, channels: int) -> None:
+    extra = FAMILIES[family]
+    enc = _encoder(model_kwargs={**TINY, **extra})
+    plain = _plain(**extra)
+    plain.load_state_dict(_backbone_sd(enc))
+    x = torch.randn(2, channels, 32, 32)
+    rgb = x.expand(-1, 3, -1, -1)  # a grayscale image is its 3-fold copy for an RGB backbone
+    with torch.no_grad():
+        out = enc(x, "mammo")
+        feats = plain.forward_features(rgb)
+        pooled = plain.forward_head(feats, pre_logits=True)
+    prefix = plain.num_prefix_tokens
+    assert enc.num_prefix_tokens == prefix and out["grid"].tolist() == [2, 2]
+    torch.testing.assert_close(out["features"], pooled, atol=1e-5, rtol=1e-5)
+    tokens = feats[:, prefix:]
+    if extra.get("global_pool") == "avg":  # norm is the identity for fc_norm models: tokens get fc_norm
+        tokens = plain.fc_norm(tokens)
+    torch.testing.assert_close(out["tokens"], tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_uses_only_timm_public_methods() -> None:
+    import inspect
+    import re
+
+    import mammopath.models.encoders as encoders
+
+    private = re.findall(r"vit\._[a-z]\w*", inspect.getsource(encoders))
+    assert not private, f"private timm methods used: {private}"
