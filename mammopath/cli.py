@@ -41,6 +41,7 @@ def _cmd_synth(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mammo-patients", type=int, default=None, help="patients per mammography domain")
     parser.add_argument("--slides", type=int, default=None, help="slides per pathology domain")
+    parser.add_argument("--paired-patients", type=int, default=None, help="patients of the paired cohort")
     parser.add_argument("--no-paired", action="store_true", help="skip the paired (both modalities) cohort")
     parser.add_argument("--no-releases", action="store_true", help="skip the five benchmark releases")
     args = parser.parse_args(argv)
@@ -50,6 +51,8 @@ def _cmd_synth(argv: Sequence[str]) -> int:
         overrides["mammo_patients_per_domain"] = args.mammo_patients
     if args.slides is not None:
         overrides["slides_per_domain"] = args.slides
+    if args.paired_patients is not None:
+        overrides["paired_patients"] = args.paired_patients
     if overrides:
         from dataclasses import replace
 
@@ -62,7 +65,7 @@ def _cmd_synth(argv: Sequence[str]) -> int:
         tasks = {
             "mammo": progress.add_task("mammograms (DICOM)", total=total_mammo),
             "patho": progress.add_task("slides (pyramidal TIFF)", total=total_slides),
-            "paired": progress.add_task("paired cohort", total=0 if args.no_paired else 24),
+            "paired": progress.add_task("paired cohort", total=0 if args.no_paired else cfg.paired_patients),
             "releases": progress.add_task("benchmark releases", total=0 if args.no_releases else len(RELEASES)),
         }
 

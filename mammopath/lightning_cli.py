@@ -52,7 +52,8 @@ def apply_run_layout(config: Namespace, subcommand: str) -> str | None:
     With ``run_name: R`` (and ``method: M``, run id ``R/M``): ``trainer.default_root_dir = runs/<id>``, a
     TensorBoard logger ``save_dir=runs, name=<id>, version=<subcommand>`` (created when the logger is left at
     its default, updated when it is a TensorBoardLogger, untouched when it is off or another logger),
-    ``ModelCheckpoint.dirpath = runs/<id>/checkpoints`` and ``ResultsWriter.out_dir = results/<id>``. Values
+    ``ModelCheckpoint.dirpath = runs/<id>/checkpoints`` and ``ResultsWriter.out_dir`` /
+    ``AlignmentMonitor.out_dir = results/<id>``. Values
     given for these in YAML are replaced (logged). Without ``run_name`` nothing changes.
     """
     run = config.get("run_name")
@@ -77,6 +78,8 @@ def apply_run_layout(config: Namespace, subcommand: str) -> str | None:
         name = _class_name(entry)
         if name == "ModelCheckpoint":
             _set(entry.init_args, "dirpath", str(run_dir / "checkpoints"), name)
+        elif name == "AlignmentMonitor":
+            _set(entry.init_args, "out_dir", str(results_dir / run_id), name)
         elif name == "ResultsWriter":
             _set(entry.init_args, "out_dir", str(results_dir / run_id), name)
             if entry.init_args.get("title") in (None, "Test results"):

@@ -79,10 +79,18 @@ def render_table(df: pd.DataFrame, title: str) -> Table:
     return table
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_frame(path: str | Path, frame: pd.DataFrame) -> Path:
+    """Write a table as CSV atomically."""
+    atomic_write(Path(path), frame.to_csv(index=False))
+    return Path(path)
 
 
 def write_tables(
@@ -96,12 +104,12 @@ def write_tables(
     """Write metrics_by_domain / lodo_summary (CSV + Markdown) and predictions.csv under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "metrics_by_domain.csv", table.to_csv(index=False))
-    _atomic_write(out / "metrics_by_domain.md", to_markdown(table, f"{title}: per domain"))
-    _atomic_write(out / "lodo_summary.csv", summary.to_csv(index=False))
-    _atomic_write(out / "lodo_summary.md", to_markdown(summary, f"{title}: leave-one-domain-out summary"))
+    atomic_write(out / "metrics_by_domain.csv", table.to_csv(index=False))
+    atomic_write(out / "metrics_by_domain.md", to_markdown(table, f"{title}: per domain"))
+    atomic_write(out / "lodo_summary.csv", summary.to_csv(index=False))
+    atomic_write(out / "lodo_summary.md", to_markdown(summary, f"{title}: leave-one-domain-out summary"))
     if predictions is not None:
-        _atomic_write(out / "predictions.csv", predictions.to_csv(index=False))
+        atomic_write(out / "predictions.csv", predictions.to_csv(index=False))
     return out
 
 

@@ -17,7 +17,9 @@ SHARED = REPO.parent / "shared"
 
 def tiny_config() -> SynthConfig:
     """The default benchmark shrunk to seconds: 6 patients per hospital, 6 small slides per centre."""
-    return replace(SynthConfig(), mammo_patients_per_domain=6, slides_per_domain=6, slide_size=512, tile=128)
+    return replace(
+        SynthConfig(), mammo_patients_per_domain=6, slides_per_domain=6, slide_size=512, tile=128, paired_patients=20
+    )
 
 
 @pytest.fixture(scope="session")

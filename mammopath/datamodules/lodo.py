@@ -20,6 +20,7 @@ are validated across the whole composition.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,10 @@ class LodoDataModule(L.LightningDataModule):
         slide_cache_size: open slides kept per worker.
         normalization: per modality ``{"mean": [...], "std": [...]}``; default: the sources' own (benchmark
             datamodules carry theirs), else :data:`DEFAULT_NORMALIZATION`. Linked into the model.
+        paired_sampling: ``auto`` puts patients with both modalities into the same training step
+            (:class:`~mammopath.datamodules.pairing.PairedSampler`) whenever the training split has such
+            patients; ``off`` shuffles each modality independently.
+        paired_per_batch: paired patients per step and rank with paired sampling.
     """
 
     def __init__(
@@ -90,8 +95,13 @@ class LodoDataModule(L.LightningDataModule):
         check_files: bool = True,
         slide_cache_size: int = 16,
         normalization: dict[str, dict[str, list[float]]] | None = None,
+        paired_sampling: str = "auto",
+        paired_per_batch: int = 4,
     ):
         super().__init__()
+        if paired_sampling not in ("auto", "off"):
+            raise ConfigError(f"data.paired_sampling must be 'auto' or 'off'; got {paired_sampling!r}")
+        self.paired_sampling, self.paired_per_batch = paired_sampling, paired_per_batch
         #: datamodules whose rows join this one, per modality (only a composition has any)
         self.children: dict[str, list[LodoDataModule]] = {"mammo": [], "patho": []}
         self.holdout_domains = list(holdout_domains or [])
@@ -166,7 +176,14 @@ class LodoDataModule(L.LightningDataModule):
                 combined = pd.concat(parts, ignore_index=True).astype({c: str for c in COLUMNS})
                 combined = combined.replace({"nan": "", "<NA>": ""})
                 combined = validate_manifest(combined, None, source=names, required_domains=self.holdout_domains)
-            self._manifest = combined.reset_index(drop=True).assign(_index=range(len(combined)))
+            combined = combined.reset_index(drop=True)
+            modalities = combined.groupby("patient_id")["modality"].nunique()
+            paired = set(modalities[modalities > 1].index)
+            self._manifest = combined.assign(
+                _index=range(len(combined)),
+                _patient_code=pd.factorize(combined["patient_id"])[0],
+                _paired=combined["patient_id"].isin(paired),
+            )
             self._check_grade_schemes(self._manifest)
         return self._manifest
 
@@ -248,9 +265,11 @@ class LodoDataModule(L.LightningDataModule):
 
         The evaluation joins this to the per-sample numbers it gathers (``mammopath.metrics.evaluation``).
         """
-        table = self.manifest.set_index("_index")[SAMPLE_TABLE_COLUMNS]
+        table = self.manifest.set_index("_index")
         role = table["domain"].isin(self.holdout_domains).map({True: "heldout", False: "source"})
-        return table.assign(role=role)
+        return table[SAMPLE_TABLE_COLUMNS].assign(
+            role=role, paired=table["_paired"], patient_code=table["_patient_code"]
+        )
 
     def frame(self, stage: str, modality: str) -> pd.DataFrame:
         """Rows of one stage (``train``/``val``/``test``) and modality, with a ``role`` column."""
@@ -290,8 +309,52 @@ class LodoDataModule(L.LightningDataModule):
             multiprocessing_context=self.multiprocessing_context,
         )
 
+    def paired_patients(self) -> list[str]:
+        """Training patients with samples of every loaded modality (true cross-modal pairs)."""
+        if len(self.modalities) < 2:
+            return []
+        sets = [set(self.datasets["train"][m].rows["patient_id"]) for m in self.modalities]
+        return sorted(set.intersection(*sets))
+
+    def _paired_loaders(self, patients: list[str]) -> dict[str, DataLoader]:
+        from mammopath.datamodules.pairing import PairedSampler
+
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        datasets = self.datasets["train"]
+        num_batches = max(max(1, len(d) // (self.batch_size * world)) for d in datasets.values())
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        loaders = {}
+        for modality, dataset in datasets.items():
+            sampler = PairedSampler(
+                dataset,
+                list(dataset.rows["patient_id"]),
+                patients,
+                batch_size=self.batch_size,
+                paired_per_batch=min(self.paired_per_batch, self.batch_size),
+                num_batches=num_batches,
+                seed=seed,
+                modality=modality,
+                num_replicas=world,
+                rank=rank,
+            )
+            loaders[modality] = DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                multiprocessing_context=self.multiprocessing_context,
+            )
+        log.info("paired sampling: %d patients with both modalities, %d per step", len(patients), self.paired_per_batch)
+        return loaders
+
     def train_dataloader(self) -> CombinedLoader:
-        loaders = {m: self._loader(d, train=True) for m, d in self.datasets["train"].items()}
+        patients = self.paired_patients() if self.paired_sampling == "auto" else []
+        if patients:
+            loaders = self._paired_loaders(patients)
+        else:
+            loaders = {m: self._loader(d, train=True) for m, d in self.datasets["train"].items()}
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> list[DataLoader]:

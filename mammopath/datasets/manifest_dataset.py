@@ -7,7 +7,9 @@ so it pickles cleanly for ``fork`` and ``spawn`` workers.
 Sample keys (CONVENTIONS.md): ``image`` (C, H, W) float in [0, 1] (C = 1 for mammograms, 3 for
 pathology), ``mask`` (H, W) float, ``has_mask``, ``label`` (-1 = missing), ``grade`` (-1 =
 missing), ``grade_scheme``, ``modality``, ``domain``, ``patient_id``, ``sample_id``, ``role``, ``index`` (the
-row's ``_index`` in a datamodule's composed manifest, else its position here), ``meta``.
+row's ``_index`` in a datamodule's composed manifest, else its position here), ``patient_code`` (an
+integer code of the patient, -1 outside a datamodule), ``paired`` (the patient has both modalities),
+``meta``.
 """
 
 from __future__ import annotations
@@ -191,6 +193,8 @@ class ManifestDataset(Dataset):
             "sample_id": row["sample_id"],
             "role": row.get("role") or "",
             "index": _int_or(row.get("_index"), index),
+            "patient_code": _int_or(row.get("_patient_code"), -1),
+            "paired": bool(row.get("_paired", False)),
             "meta": {"dataset": row["dataset"], "parent_id": row.get("parent_id") or "", **extra},
         }
 

@@ -2,8 +2,9 @@
 
 The total loss is ``Σ_name w_name(step) · term_name``. Terms come from two places:
 
-- the task losses the module computes every step (``cls``, ``bach4``, ``loc``, ``grade`` and, from the
-  alignment issue on, ``align``), weighted by the YAML ``model.loss_weights`` (default 1.0);
+- the task losses the module computes every step (``cls``, ``bach4``, ``loc``, ``grade`` and, with
+  ``model.alignment``, the cross-modal contrastive term ``align``), weighted by the YAML
+  ``model.loss_weights`` (defaults in :data:`DEFAULT_TASK_WEIGHTS`);
 - terms *registered* by callbacks (:meth:`Objective.register`): a function of the step's batch and
   outputs, with a weight that is either a number or a schedule ``weight(step) -> float``, read at
   **every** step, so a callback can anneal it (IRM's penalty ramp) or change it with
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 TermFn = Callable[[Any, dict[str, Any], dict[str, dict[str, Tensor]]], Tensor]
 Weight = float | Callable[[int], float]
 
-DEFAULT_TASK_WEIGHTS: dict[str, float] = {"cls": 1.0, "bach4": 0.5, "loc": 0.5, "grade": 0.5}
+DEFAULT_TASK_WEIGHTS: dict[str, float] = {"cls": 1.0, "bach4": 0.5, "loc": 0.5, "grade": 0.5, "align": 1.0}
 
 
 @dataclass

@@ -20,19 +20,24 @@ normalization comes from the datamodule (linked by the CLI) and is saved in ever
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
+from mammopath.datamodules.pairing import LabelMap
 from mammopath.errors import ConfigError
 from mammopath.losses import Objective, TermFn, task_losses
+from mammopath.losses.contrastive import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, CrossModalContrastiveLoss
 from mammopath.losses.objective import Weight
 from mammopath.metrics.evaluation import Evaluation
 from mammopath.models.encoders import ViTEncoder
@@ -82,6 +87,12 @@ class MammoPathModule(L.LightningModule):
         normalization: per modality ``{"mean": [...], "std": [...]}`` applied to the [0, 1] images; linked from
             the datamodule by the CLI (None = images enter unnormalized). Saved in the checkpoint.
         test_bootstrap: patient-bootstrap resamples of the test AUROC CIs (validation computes none).
+        alignment: train the cross-modal contrastive term ``align`` (one projector per modality into a shared
+            L2-normalized space and a learnable temperature, both on the module and in every checkpoint).
+        projection_dim: width of the shared alignment space.
+        align_label_map: label-level positives: ``malignancy`` or ``{scheme: [class per grade]}``
+            (:class:`~mammopath.datamodules.pairing.LabelMap`); patients with both modalities pair by patient.
+        align_intra_modal: weight of the optional intra-modal SupCon term.
         optimizer: injected optimizer (YAML ``class_path``).
         scheduler: injected LR scheduler, stepped per epoch.
     """
@@ -105,6 +116,10 @@ class MammoPathModule(L.LightningModule):
         loss_weights: dict[str, float] | None = None,
         normalization: dict[str, dict[str, list[float]]] | None = None,
         test_bootstrap: int = 200,
+        alignment: bool = False,
+        projection_dim: int = 128,
+        align_label_map: str | dict[str, list[int]] = "malignancy",
+        align_intra_modal: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
     ):
@@ -140,6 +155,18 @@ class MammoPathModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.evaluation = Evaluation(n_boot=test_bootstrap)
+        self.alignment = alignment
+        self.label_map = LabelMap.parse(align_label_map)
+        self.align_loss = CrossModalContrastiveLoss(intra_modal=align_intra_modal)
+        if alignment:
+            self.projectors = nn.ModuleDict(
+                {
+                    m: nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, projection_dim))
+                    for m in self.encoder.modalities
+                }
+            )
+            # stored as its log (CLIP / open_clip): init ln(1/0.07), the scale clamped at 100
+            self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         self._prediction_transforms: dict[str, tuple[PredictionTransform, tuple[str, ...]]] = {}
 
     # -- hooks for callbacks ---------------------------------------------------------------------
@@ -214,7 +241,34 @@ class MammoPathModule(L.LightningModule):
         if self.grader is not None:
             for scheme, logits in self.grader(enc["features"]).items():
                 out["grade_" + scheme] = logits
+        if self.alignment:  # from the mean patch token: content everywhere in the image, not only the class token
+            out["embedding"] = F.normalize(self.projectors[modality](enc["tokens"].mean(dim=1)), dim=1)
         return out
+
+    # -- alignment -------------------------------------------------------------------------------
+    def scale(self) -> Tensor:
+        """The contrastive logit scale, ``exp(logit_scale)`` clamped at 100 (the temperature is its inverse)."""
+        return self.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
+
+    def pairing_keys(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """``patient`` code, cross-modal ``cls`` (label map) and ``paired`` flag of every sample of a batch."""
+        label, grade = batch["label"].to(self.device), batch["grade"].to(self.device)
+        return {
+            "patient": torch.as_tensor(batch["patient_code"], device=self.device).long(),
+            "cls": self.label_map.classes(label, grade, list(batch["grade_scheme"])).to(self.device),
+            "paired": torch.as_tensor(batch["paired"], device=self.device).bool(),
+        }
+
+    def alignment_loss(self, batch: dict[str, dict[str, Any]], outputs: dict[str, dict[str, Tensor]]) -> Tensor:
+        """The ``align`` term of a training step, on the batch gathered across ranks (with gradients)."""
+        z = {m: outputs[m]["embedding"] for m in ("mammo", "patho")}
+        keys = {m: self.pairing_keys(batch[m]) for m in ("mammo", "patho")}
+        return self.align_loss(z, keys, self.scale(), gather=self._gather_with_grad)
+
+    def _gather_with_grad(self, t: Tensor) -> Tensor:
+        gathered = self.all_gather(t, sync_grads=True)  # (world_size, *t.shape) under a distributed strategy
+        assert isinstance(gathered, Tensor)
+        return gathered
 
     @staticmethod
     def batch_modality(batch: dict[str, Any]) -> str:
@@ -232,6 +286,8 @@ class MammoPathModule(L.LightningModule):
             outputs[modality] = self(sub["image"], modality)
             for name, value in task_losses(sub, outputs[modality], self.grading_method).items():
                 terms[name] = terms[name] + value if name in terms else value
+        if self.alignment and {"mammo", "patho"} <= set(outputs):
+            terms["align"] = self.alignment_loss(batch, outputs)
         for name, term in self.objective.registered.items():
             terms[name] = term.fn(self, batch, outputs)
         total, weights = self.objective.combine(terms, self.global_step)
@@ -242,6 +298,11 @@ class MammoPathModule(L.LightningModule):
             self.log(f"loss_weight/{name}", weights[name], batch_size=size)
         self.log("loss/total", total, prog_bar=True, batch_size=size)
         return {"loss": total, "terms": {k: v.detach() for k, v in terms.items()}, "weights": weights}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.alignment:  # open_clip clamps the parameter after each step, so it never drifts past the clamp
+            with torch.no_grad():
+                self.logit_scale.clamp_(0.0, math.log(LOGIT_SCALE_MAX))
 
     # -- evaluation ------------------------------------------------------------------------------
     def _evaluation_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -309,6 +370,7 @@ class MammoPathModule(L.LightningModule):
             ("head/classification", self.classifier),
             ("head/localization", self.localizer),
             ("head/grading", self.grader),
+            ("alignment/projectors", getattr(self, "projectors", None)),
         ]
         for name, module in heads:
             if module is not None:
@@ -316,7 +378,21 @@ class MammoPathModule(L.LightningModule):
                 rows.append((name, sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)))
         return rows
 
+    def _check_alignment_setup(self) -> None:
+        if not self.alignment:
+            return
+        modalities = getattr(getattr(self.trainer, "datamodule", None), "modalities", ["mammo", "patho"])
+        if len(modalities) < 2:
+            raise ConfigError(f"model.alignment needs both modalities; the data loads only {modalities}")
+        if self.trainer.accumulate_grad_batches > 1:
+            warnings.warn(
+                "accumulate_grad_batches > 1 with model.alignment: each micro-batch's contrastive loss sees only its "
+                "own negatives, so accumulation is not a larger contrastive batch (docs/alignment.md)",
+                stacklevel=2,
+            )
+
     def on_fit_start(self) -> None:
+        self._check_alignment_setup()
         rows = self.parameter_rows()
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)

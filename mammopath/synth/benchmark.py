@@ -211,35 +211,44 @@ def write_patho_domain(
 
 
 def write_paired_cohort(
-    out: Path, cfg: SynthConfig, rng: np.random.Generator, n_patients: int = 24, progress: Progress | None = None
+    out: Path, cfg: SynthConfig, rng: np.random.Generator, progress: Progress | None = None
 ) -> pd.DataFrame:
     """Patients with BOTH modalities (an institutional-style cohort): true patient-level pairs.
 
     Each patient has one lesion: a malignant patient has a spiculated mass (two views) and an
-    invasive or in situ tumour slide; a benign one a round mass and a benign or normal slide. Both
-    modalities share ``patient_id`` and the domain ``paired_site``, and the split is by patient, so
+    invasive or in situ tumour slide; a benign one a round mass and a benign or normal slide. Beyond
+    the label, every patient has latent content rendered in both modalities: a lesion size (the mass
+    radius; the tumour region's radius) and a tissue density (the breast's background density; the
+    slide's stromal eosin), each uniform in [0, 1] and written to ``paired_latents.csv``, so that
+    retrieving the right patient across modalities needs more than the label. Both modalities share
+    ``patient_id`` and the domain ``paired_site``, and the split is by patient (60/20/20 per class), so
     cross-modal alignment can use real pairs here (the public benchmarks offer none).
     """
     mstyle = MammoStyle("paired_site", bits_stored=14, gamma=1.1, noise=0.015)
     pstyle = PathoStyle("paired_site", jpeg_quality=90, mpp=0.5)
-    patients = [f"PP{i:04d}" for i in range(n_patients)]
+    patients = [f"PP{i:04d}" for i in range(cfg.paired_patients)]
     labels = {p: int(i % 2) for i, p in enumerate(patients)}
     splits = _assign_splits(rng, patients, labels)
     rows: list[dict[str, Any]] = []
+    latents: list[dict[str, Any]] = []
     size = cfg.slide_size
     for patient in patients:
         malignant = bool(labels[patient])
+        lesion_size, density = float(rng.uniform()), float(rng.uniform())
+        latents.append({"patient_id": patient, "label": int(malignant), "lesion_size": lesion_size, "density": density})
         common = {"patient_id": patient, "dataset": "synth_paired", "domain": "paired_site", "split": splits[patient]}
         for view in ("CC", "MLO"):
-            case = render_mammogram(rng, cfg.mammo_shape, malignant, marker=False)
+            case = render_mammogram(
+                rng, cfg.mammo_shape, malignant, marker=False, lesion_size=lesion_size, density=density
+            )
             row = _write_view(out, Path("paired") / "mammo" / patient, case, mstyle, rng, laterality="L", view=view)
             rows.append({**row, **common, "sample_id": f"paired-{patient}-L{view}"})
         lesions = [int(rng.choice([2, 3]))] if malignant else ([1] if rng.random() < 0.5 else [])
         slide_id = f"paired-{patient}-slide"
         for _attempt in range(8):  # the patient's label must be visible in at least one patch
-            slide = render_slide(rng, size, lesions, pstyle, None)
+            slide = render_slide(rng, size, lesions, pstyle, None, lesion_size=lesion_size, density=density)
             patches = patch_rows_for_slide(
-                slide_id, slide.grade_map, slide.tissue, pstyle.mpp, cfg.patch_size, cfg.patch_mpp, rng, max_patches=16
+                slide_id, slide.grade_map, slide.tissue, pstyle.mpp, cfg.patch_size, cfg.patch_mpp, rng, max_patches=12
             )
             if patches and (not malignant or any(p["label"] == 1 for p in patches)):
                 break
@@ -249,6 +258,7 @@ def write_paired_cohort(
         rows += [{**_patch_row(patch, rel, xml, cfg, slide_id), **common} for patch in patches]
         if progress:
             progress("paired", 1)
+    pd.DataFrame(latents).to_csv(out / "paired_latents.csv", index=False)
     return pd.DataFrame(rows)
 
 

@@ -66,16 +66,30 @@ def lesion_mask(
     return mask
 
 
-def render_mammogram(rng: np.random.Generator, shape: tuple[int, int], malignant: bool, marker: bool) -> MammoCase:
-    """Render one breast with one mass, chest wall on the left edge."""
+def render_mammogram(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    malignant: bool,
+    marker: bool,
+    *,
+    lesion_size: float | None = None,
+    density: float | None = None,
+) -> MammoCase:
+    """Render one breast with one mass, chest wall on the left edge.
+
+    Args:
+        lesion_size: a patient's latent lesion size in [0, 1] (radius 7-16% of the short side); None
+            draws the radius at random (10-14%).
+        density: a patient's latent tissue density in [0, 1] (background 0.20-0.50); None draws it (0.25-0.45).
+    """
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
     breast_w = w * rng.uniform(0.65, 0.8)
     breast = (xx / breast_w) ** 2 + ((yy - h / 2) / (h * 0.48)) ** 2 <= 1.0
-    density = rng.uniform(0.25, 0.45)
-    tissue = density + 0.08 * _smooth_noise(rng, shape, 6) + 0.05 * _smooth_noise(rng, shape, 2)
+    level = rng.uniform(0.25, 0.45) if density is None else 0.2 + 0.3 * density
+    tissue = level + 0.08 * _smooth_noise(rng, shape, 6) + 0.05 * _smooth_noise(rng, shape, 2)
     image = np.where(breast, np.clip(tissue, 0.05, 0.9), 0.0)
-    radius = rng.uniform(0.1, 0.14) * min(h, w)
+    radius = (rng.uniform(0.1, 0.14) if lesion_size is None else 0.07 + 0.09 * lesion_size) * min(h, w)
     ys, xs = np.nonzero(ndimage.binary_erosion(breast, iterations=int(radius * 1.5) + 2))
     pick = rng.integers(len(ys))
     mask = lesion_mask(rng, shape, (float(ys[pick]), float(xs[pick])), radius, malignant) & breast

@@ -70,13 +70,23 @@ def _nuclei(rng: np.random.Generator, region: np.ndarray, grade: int) -> np.ndar
 
 
 def render_slide(
-    rng: np.random.Generator, size: int, lesions: list[int], style: PathoStyle, marker_on_lesion: bool | None
+    rng: np.random.Generator,
+    size: int,
+    lesions: list[int],
+    style: PathoStyle,
+    marker_on_lesion: bool | None,
+    *,
+    lesion_size: float | None = None,
+    density: float | None = None,
 ) -> SlideCase:
     """Render one slide with one lesion region per entry of ``lesions`` (its bach4 grade).
 
     Args:
         marker_on_lesion: put green ink dots on the tumour (True), on lesion-free tissue (False),
             or nowhere (None).
+        lesion_size: a patient's latent lesion size in [0, 1] (region radius 10-26% of the slide); None
+            draws it (14-22%).
+        density: a patient's latent stromal density in [0, 1] (eosin 0.30-0.60); None keeps 0.45.
     """
     shape = (size, size)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -89,7 +99,8 @@ def render_slide(
     inner = np.argwhere(ndimage.binary_erosion(tissue, iterations=size // 8))
     for grade in lesions:
         cy, cx = inner[rng.integers(len(inner))]
-        polygon = blob_polygon(rng, (float(cx), float(cy)), size * rng.uniform(0.14, 0.22))
+        frac = rng.uniform(0.14, 0.22) if lesion_size is None else 0.10 + 0.16 * lesion_size
+        polygon = blob_polygon(rng, (float(cx), float(cy)), size * frac)
         region = fill_polygon(polygon, shape) & tissue
         grade_map[region] = np.maximum(grade_map[region], grade)
         regions.append((polygon, grade))
@@ -98,7 +109,8 @@ def render_slide(
         area = tissue & (grade_map == grade)
         if area.any():
             hema = np.maximum(hema, _nuclei(rng, area, grade))
-    eosin = tissue * (0.45 + 0.12 * ndimage.gaussian_filter(rng.standard_normal(shape), 4) * 4)
+    stroma = 0.45 if density is None else 0.30 + 0.30 * density
+    eosin = tissue * (stroma + 0.12 * ndimage.gaussian_filter(rng.standard_normal(shape), 4) * 4)
     od = hema[..., None] * style.h_scale * np.asarray(style.h_vector) + np.clip(eosin, 0, None)[
         ..., None
     ] * style.e_scale * np.asarray(style.e_vector)

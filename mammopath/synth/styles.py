@@ -56,6 +56,7 @@ class SynthConfig:
     tile: int = 256
     patch_size: int = 64
     patch_mpp: float = 1.0
+    paired_patients: int = 80  # 16 test patients (60/20/20 per class)
     mammo_styles: tuple[MammoStyle, ...] = field(
         default_factory=lambda: (
             MammoStyle("hospital_a", bits_stored=16, gamma=1.0, noise=0.01, spacing_tag="ImagerPixelSpacing"),

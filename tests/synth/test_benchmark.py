@@ -49,10 +49,37 @@ def test_domain_styles_are_in_the_files(synth_root: Path) -> None:
 def test_paired_cohort_has_both_modalities(synth_root: Path) -> None:
     df = load_manifest(synth_root / "paired_manifest.csv", synth_root, check_files=True)
     per_patient = df.groupby("patient_id")["modality"].agg(set)
-    assert all(m == {"mammo", "patho"} for m in per_patient) and len(per_patient) == 24
+    assert all(m == {"mammo", "patho"} for m in per_patient) and len(per_patient) == 20  # tests/conftest.py
     mammo = df[df["modality"] == "mammo"].groupby("patient_id")["label"].first()
     slide_positive = df[df["modality"] == "patho"].groupby("patient_id")["label"].max()
     assert (mammo == slide_positive.reindex(mammo.index).fillna(0)).all()  # malignant patients have tumour
+
+
+def test_paired_latents_are_rendered_in_both_modalities(synth_root: Path) -> None:
+    """Lesion size and tissue density of each paired patient are visible in its DICOMs and its slide."""
+    import tifffile
+    from scipy.stats import spearmanr
+
+    from mammopath.io.dicom import read_mammogram, read_roi_mask
+
+    latents = pd.read_csv(synth_root / "paired_latents.csv").set_index("patient_id")
+    assert latents["lesion_size"].between(0, 1).all() and latents["density"].between(0, 1).all()
+    background, lesion_area, stroma = [], [], []
+    for patient in latents.index:
+        folder = synth_root / "paired" / "mammo" / patient
+        image, _ = read_mammogram(folder / "L_CC.dcm")
+        mask = read_roi_mask(folder / "L_CC_roi.dcm") > 0
+        breast = (image > 0.05) & ~mask
+        background.append(float(np.median(image[breast])))
+        lesion_area.append(float(mask.sum()))
+        with tifffile.TiffFile(synth_root / "paired" / "patho" / f"{patient}.tif") as tif:
+            rgb = tif.pages[0].asarray().astype(float)
+        od = -np.log((rgb + 1) / 256)
+        tissue = od.sum(axis=2) > 0.3
+        stroma.append(float(np.median(od[..., 1][tissue])))  # eosin absorbs green
+    assert spearmanr(background, latents["density"]).statistic > 0.8
+    assert spearmanr(stroma, latents["density"]).statistic > 0.8
+    assert spearmanr(lesion_area, latents["lesion_size"]).statistic > 0.6
 
 
 def test_causal_signal_shapes() -> None:
