@@ -33,6 +33,8 @@ training commands (LightningCLI): fit, validate, test, predict  (see `mammopath 
 
 
 def _cmd_synth(argv: Sequence[str]) -> int:
+    import pandas as pd
+
     from mammopath.synth.benchmark import RELEASES, make_synth_benchmark, write_releases
     from mammopath.synth.styles import SynthConfig
 
@@ -57,8 +59,8 @@ def _cmd_synth(argv: Sequence[str]) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, **overrides)
-    total_mammo = 2 * cfg.mammo_patients_per_domain * len(cfg.mammo_styles)
-    total_slides = cfg.slides_per_domain * len(cfg.patho_styles)
+    total_mammo = 2 * (cfg.mammo_patients_per_domain + cfg.mammo_test_patients) * len(cfg.mammo_styles)
+    total_slides = (cfg.slides_per_domain + cfg.test_slides_per_domain) * len(cfg.patho_styles)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
@@ -77,9 +79,9 @@ def _cmd_synth(argv: Sequence[str]) -> int:
     from mammopath.manifest import summarize
 
     _print_frame(summarize(manifest), f"multi-hospital benchmark → {Path(args.out) / 'manifest.csv'}")
+    probe = pd.read_csv(Path(args.out) / "shortcut_probe.csv").round(3)
+    _print_frame(probe.astype(str), "shortcut probe: the marker alone vs the causal appearance alone (AUROC)")
     if counts:
-        import pandas as pd
-
         table = pd.DataFrame(
             [{"benchmark": k, "prepare --root": str(Path(args.out) / RELEASES[k]), **v} for k, v in counts.items()]
         )

@@ -18,7 +18,14 @@ SHARED = REPO.parent / "shared"
 def tiny_config() -> SynthConfig:
     """The default benchmark shrunk to seconds: 6 patients per hospital, 6 small slides per centre."""
     return replace(
-        SynthConfig(), mammo_patients_per_domain=6, slides_per_domain=6, slide_size=512, tile=128, paired_patients=20
+        SynthConfig(),
+        mammo_patients_per_domain=6,
+        slides_per_domain=6,
+        slide_size=512,
+        tile=128,
+        paired_patients=20,
+        mammo_test_patients=4,
+        test_slides_per_domain=2,
     )
 
 

@@ -20,7 +20,6 @@ are validated across the whole composition.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +77,9 @@ class LodoDataModule(L.LightningDataModule):
             (:class:`~mammopath.datamodules.pairing.PairedSampler`) whenever the training split has such
             patients; ``off`` shuffles each modality independently.
         paired_per_batch: paired patients per step and rank with paired sampling.
+        balance_domains: training batches cycle through the (source domain, class) strata of each modality
+            (:class:`~mammopath.datamodules.samplers.DomainBalancedSampler`; composes with paired sampling),
+            as cross-domain MixStyle and IRM need.
     """
 
     def __init__(
@@ -97,11 +99,13 @@ class LodoDataModule(L.LightningDataModule):
         normalization: dict[str, dict[str, list[float]]] | None = None,
         paired_sampling: str = "auto",
         paired_per_batch: int = 4,
+        balance_domains: bool = False,
     ):
         super().__init__()
         if paired_sampling not in ("auto", "off"):
             raise ConfigError(f"data.paired_sampling must be 'auto' or 'off'; got {paired_sampling!r}")
         self.paired_sampling, self.paired_per_batch = paired_sampling, paired_per_batch
+        self.balance_domains = balance_domains
         #: datamodules whose rows join this one, per modality (only a composition has any)
         self.children: dict[str, list[LodoDataModule]] = {"mammo": [], "patho": []}
         self.holdout_domains = list(holdout_domains or [])
@@ -316,46 +320,10 @@ class LodoDataModule(L.LightningDataModule):
         sets = [set(self.datasets["train"][m].rows["patient_id"]) for m in self.modalities]
         return sorted(set.intersection(*sets))
 
-    def _paired_loaders(self, patients: list[str]) -> dict[str, DataLoader]:
-        from mammopath.datamodules.pairing import PairedSampler
-
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        datasets = self.datasets["train"]
-        num_batches = max(max(1, len(d) // (self.batch_size * world)) for d in datasets.values())
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        loaders = {}
-        for modality, dataset in datasets.items():
-            sampler = PairedSampler(
-                dataset,
-                list(dataset.rows["patient_id"]),
-                patients,
-                batch_size=self.batch_size,
-                paired_per_batch=min(self.paired_per_batch, self.batch_size),
-                num_batches=num_batches,
-                seed=seed,
-                modality=modality,
-                num_replicas=world,
-                rank=rank,
-            )
-            loaders[modality] = DataLoader(
-                dataset,
-                batch_size=self.batch_size,
-                sampler=sampler,
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
-                multiprocessing_context=self.multiprocessing_context,
-            )
-        log.info("paired sampling: %d patients with both modalities, %d per step", len(patients), self.paired_per_batch)
-        return loaders
-
     def train_dataloader(self) -> CombinedLoader:
-        patients = self.paired_patients() if self.paired_sampling == "auto" else []
-        if patients:
-            loaders = self._paired_loaders(patients)
-        else:
-            loaders = {m: self._loader(d, train=True) for m, d in self.datasets["train"].items()}
-        return CombinedLoader(loaders, mode="max_size_cycle")
+        from mammopath.datamodules.training import train_loaders
+
+        return CombinedLoader(train_loaders(self), mode="max_size_cycle")
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.datasets["val"][m], train=False) for m in self.modalities]

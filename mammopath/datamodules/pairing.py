@@ -99,11 +99,12 @@ def pairing_table(manifest: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: fill(rng, pool, n) -> n indices drawn from ``pool`` (local dataset indices of one modality)
-FillPolicy = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
+#: fill(rng, pool, n, chunk) -> n indices drawn from ``pool`` (local dataset indices of one modality), used in
+#: consecutive chunks of ``chunk`` (the unpaired places of one batch)
+FillPolicy = Callable[[np.random.Generator, np.ndarray, int, int], np.ndarray]
 
 
-def shuffled_fill(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
+def shuffled_fill(rng: np.random.Generator, pool: np.ndarray, n: int, chunk: int) -> np.ndarray:
     """``n`` indices from ``pool`` in a fresh random order, cycling the pool when it is shorter."""
     if n == 0 or len(pool) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -129,7 +130,8 @@ class PairedSampler(DistributedSampler):
         seed: base seed; the schedule of epoch ``e`` is seeded by ``(seed, e)``.
         modality: ``mammo`` or ``patho`` (seeds the fill order of this modality).
         num_replicas, rank: DDP world size and this rank (default: from the process group, else 1 and 0).
-        fill: the policy that fills the unpaired places (:func:`shuffled_fill`).
+        fill: the policy that fills the unpaired places (:func:`shuffled_fill`, or
+            :func:`~mammopath.datamodules.samplers.balanced_fill` for domain-balanced batches).
     """
 
     def __init__(
@@ -196,7 +198,7 @@ class PairedSampler(DistributedSampler):
         # one fill sequence for all ranks, each rank taking its own part of every global batch: disjoint shards
         fill_rng = np.random.default_rng([self.seed, self.epoch, 10 + self.modality_code])
         n_fill = self.batch_size - self.per_batch
-        fill = self.fill(fill_rng, self.pool, n_fill * self.num_batches * self.num_replicas)
+        fill = self.fill(fill_rng, self.pool, n_fill * self.num_batches * self.num_replicas, n_fill)
         indices: list[int] = []
         for b, patients in enumerate(self.schedule()):
             indices += [int(self.rows_of[p][pick.integers(len(self.rows_of[p]))]) for p in patients]

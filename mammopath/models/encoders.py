@@ -296,6 +296,7 @@ class ViTEncoder(nn.Module):
         self.embed_dim = int(vit.embed_dim)
         self.num_prefix_tokens = int(vit.num_prefix_tokens)
         self.patch_size = int(ps[0])
+        self.active_modality: str | None = None
         if grayscale == "sum" and in_chans > 1:
             vit.patch_embed.proj = ChannelSumConv2d.from_conv(vit.patch_embed.proj)
         view = inject_adapters(vit, self.modalities, adapter, **(adapter_kwargs or {}))
@@ -404,9 +405,13 @@ class ViTEncoder(nn.Module):
         self._check_modality(modality)
         x = self._to_model_channels(x)
         vit = self.vit
-        with use_modality(vit, modality):
-            t = vit.forward_features(x)
-            features = vit.forward_head(t, pre_logits=True)
+        self.active_modality = modality  # read by forward hooks on the blocks (MixStyle, style bank)
+        try:
+            with use_modality(vit, modality):
+                t = vit.forward_features(x)
+                features = vit.forward_head(t, pre_logits=True)
+        finally:
+            self.active_modality = None
         h, w = vit.patch_embed.dynamic_feat_size((int(x.shape[-2]), int(x.shape[-1])))
         tokens = t[:, self.num_prefix_tokens :]
         if isinstance(vit.norm, nn.Identity) and not isinstance(vit.fc_norm, nn.Identity):

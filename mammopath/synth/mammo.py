@@ -96,13 +96,28 @@ def render_mammogram(
     soft = ndimage.gaussian_filter(mask.astype(float), 0.8 if malignant else 1.5)
     image = np.clip(image + 0.32 * soft, 0.0, 1.0)
     if marker:  # burned-in marker in the corner away from the chest wall
-        s = max(4, h // 20)
-        image[2 : 2 + s, w - 2 - s : w - 2] = 1.0
+        image[marker_region((h, w))] = 1.0
     if malignant:
         birads = int(rng.choice([4, 5, 3], p=[0.5, 0.4, 0.1]))
     else:
         birads = int(rng.choice([2, 3, 4], p=[0.45, 0.45, 0.1]))
     return MammoCase(image=image, mask=mask, malignant=malignant, birads=birads, marker=marker)
+
+
+def marker_region(shape: tuple[int, int]) -> np.ndarray:
+    """Where the burned-in marker goes: a small square in the top corner away from the chest wall (left edge)."""
+    h, w = shape
+    s = max(4, h // 20)
+    region = np.zeros(shape, dtype=bool)
+    region[2 : 2 + s, w - 2 - s : w - 2] = True
+    return region
+
+
+def marker_value(style: MammoStyle) -> int:
+    """The stored value of a saturated burned-in marker in this hospital's format (no noise)."""
+    maxval = 2**style.bits_stored - 1
+    shown = round(float(np.clip(style.contrast + style.offset, 0.0, 1.0) ** style.gamma) * maxval)
+    return maxval - shown if style.photometric == "MONOCHROME1" else shown
 
 
 def apply_style(image: np.ndarray, style: MammoStyle, rng: np.random.Generator) -> np.ndarray:

@@ -135,6 +135,29 @@ def render_slide(
     return SlideCase(rgb=rgb8, tissue=tissue, regions=regions, grade_map=grade_map, marker_mask=marker)
 
 
+#: Optical density of green ink (it absorbs red and blue).
+INK_OD = np.asarray([0.9, 0.15, 0.8])
+
+
+def paint_ink(rgb: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Generator, size: int) -> np.ndarray:
+    """Green ink dots inside ``box`` = (x0, y0, x1, y1) of a rendered slide, as a separate layer.
+
+    Returns the dot mask; ``rgb`` is darkened in place where the dots are (Beer-Lambert: × exp(−OD)).
+    """
+    x0, y0, x1, y1 = box
+    r = max(3, size // 160)
+    mask = np.zeros(rgb.shape[:2], dtype=bool)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = (xx**2 + yy**2) <= r * r
+    for _ in range(int(rng.integers(2, 5))):
+        cy = int(rng.integers(y0 + r, max(y0 + r + 1, y1 - r)))
+        cx = int(rng.integers(x0 + r, max(x0 + r + 1, x1 - r)))
+        sub = mask[cy - r : cy + r + 1, cx - r : cx + r + 1]
+        sub |= disk[: sub.shape[0], : sub.shape[1]]
+    rgb[mask] = np.clip(rgb[mask] * np.exp(-INK_OD), 0, 255).astype(rgb.dtype)
+    return mask
+
+
 def write_pyramid_tiff(
     path: str | Path,
     rgb: np.ndarray,

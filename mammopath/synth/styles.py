@@ -1,9 +1,11 @@
 """Per-domain acquisition styles of the synthetic multi-hospital benchmark (DESIGN.md §5).
 
 A style is the *domain shift*: it changes how an image looks, never what it shows. The shortcut
-(``marker_rate``) is the spurious cue: how often the burned-in marker / ink dots accompanies each
-class. In source domains it follows the label; in the held-out domain it is reversed, so a model
-that leans on it loses accuracy exactly where domain generalization should help.
+(``marker_rate`` = (P(marker | label 0), P(marker | label 1))) is the spurious cue: the burned-in marker
+of a mammogram, ink dots on a slide patch. Its agreement with the label differs between the source
+domains (0.9 and 0.75 in the hospitals, 0.9 and 0.8 in the centres) and is reversed in the held-out ones
+(0.2), while the causal appearance agrees with the label at a fixed rate everywhere (label noise): see
+:mod:`mammopath.synth.cohort`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class MammoStyle:
     spacing_tag: str = "ImagerPixelSpacing"
     spacing_mm: float = 0.1
     compression: str = "none"  # "none" | "jpeg2000" (lossless)
-    marker_rate: tuple[float, float] = (0.25, 0.75)  # P(marker | benign), P(marker | malignant)
+    marker_rate: tuple[float, float] = (0.1, 0.9)  # P(marker | benign), P(marker | malignant)
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,21 @@ class PathoStyle:
     jpeg_quality: int = 90
     mpp: float = 0.5
     compression: str = "jpeg"  # "jpeg" | "jpeg2000"
-    marker_rate: tuple[float, float] = (0.1, 0.8)  # P(ink | normal), P(ink on tumour | tumour slide)
+    marker_rate: tuple[float, float] = (0.1, 0.9)  # P(ink | label 0), P(ink | label 1), per patch
 
 
 @dataclass(frozen=True)
 class SynthConfig:
     """Sizes of the default synthetic benchmark (small enough for `make demo` on 2 CPU cores)."""
 
-    mammo_patients_per_domain: int = 100
+    mammo_patients_per_domain: int = 60  # training + validation patients per hospital (75/25)
+    mammo_test_patients: int = 150  # test patients per hospital: a source-test AUROC to about ±0.05
     mammo_shape: tuple[int, int] = (160, 128)
-    slides_per_domain: int = 16
+    mammo_label_noise: float = 0.3  # P(the mass looks malignant != the label)
+    slides_per_domain: int = 16  # training + validation slides per centre
+    test_slides_per_domain: int = 20
+    patho_label_noise: float = 0.25  # P(the patch looks tumour != the label)
+    oracle: bool = True  # also write every image without the marker
     slide_size: int = 1024
     tile: int = 256
     patch_size: int = 64
@@ -62,6 +69,7 @@ class SynthConfig:
             MammoStyle("hospital_a", bits_stored=16, gamma=1.0, noise=0.01, spacing_tag="ImagerPixelSpacing"),
             MammoStyle(
                 "hospital_b",
+                marker_rate=(0.25, 0.75),
                 bits_stored=12,
                 photometric="MONOCHROME1",
                 gamma=0.7,
@@ -79,7 +87,7 @@ class SynthConfig:
                 noise=0.03,
                 blur=0.8,
                 compression="jpeg2000",
-                marker_rate=(0.75, 0.25),
+                marker_rate=(0.8, 0.2),
             ),
         )
     )
@@ -95,6 +103,7 @@ class SynthConfig:
                 blur=0.6,
                 jpeg_quality=75,
                 mpp=0.46,
+                marker_rate=(0.2, 0.8),
             ),
             PathoStyle(
                 "centre_3",
@@ -106,7 +115,7 @@ class SynthConfig:
                 jpeg_quality=60,
                 mpp=0.5,
                 compression="jpeg2000",
-                marker_rate=(0.75, 0.25),
+                marker_rate=(0.8, 0.2),
             ),
         )
     )
