@@ -33,7 +33,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def mammo_marker_in_pixels(path: Path) -> bool:
     """A bright square in a top corner, outside the breast."""
-    image, meta = read_mammogram(path)
+    image, _ = read_mammogram(path)
     h, w = image.shape
     s = max(4, h // 20)
     corners = [image[2 : 2 + s, w - 2 - s : w - 2], image[2 : 2 + s, 2 : 2 + s]]
