@@ -51,7 +51,8 @@ def _mlp(x: Tensor, w: dict[str, Tensor], fc1: str, fc2: str, swiglu: bool) -> T
 def hf_forward(w: dict[str, Tensor], x: Tensor, patch: int, depth: int, layout: str, swiglu: bool) -> Tensor:
     """``ViTModel`` / ``Dinov2Model`` / ``Dinov2WithRegistersModel`` last hidden state, on the native grid."""
     e = "embeddings."
-    h = F.conv2d(x, w[e + "patch_embeddings.projection.weight"], w[e + "patch_embeddings.projection.bias"], stride=patch)
+    proj = e + "patch_embeddings.projection"
+    h = F.conv2d(x, w[proj + ".weight"], w[proj + ".bias"], stride=patch)
     h = h.flatten(2).transpose(1, 2)
     h = torch.cat([w[e + "cls_token"].expand(len(x), -1, -1), h], dim=1) + w[e + "position_embeddings"]
     if e + "register_tokens" in w:  # after the position embeddings, between the class token and the patches

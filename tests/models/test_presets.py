@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import lightning as L
 import pytest
 import timm
 import torch
@@ -258,14 +259,14 @@ def test_preset_normalization_wins_for_its_modalities(caplog: pytest.LogCaptureF
     assert plain.norm_mean_patho.flatten().tolist() == pytest.approx(IMAGENET["mean"])
 
 
-def test_preset_normalization_travels_in_the_checkpoint() -> None:
+def test_preset_normalization_travels_in_the_checkpoint(tmp_path: Path) -> None:
     kwargs = {"img_size": 28, "model_kwargs": dict(fake.TWIN)}
     trained = MammoPathModule(backbone="h_optimus_0", **kwargs)
-    state = {"state_dict": trained.state_dict()}
-    other = {"patho": {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.4, 0.4]}}
-    fresh = MammoPathModule(backbone="h_optimus_0", normalization=other, preset_normalization=False, **kwargs)
-    fresh.on_load_checkpoint(state)
-    fresh.load_state_dict(state["state_dict"])
+    ckpt = tmp_path / "trained.ckpt"
+    state = {"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams)}
+    torch.save({**state, "pytorch-lightning_version": L.__version__}, ckpt)
+    other = {"patho": {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.4, 0.4]}}  # what a predict config's data would link
+    fresh = MammoPathModule.load_from_checkpoint(ckpt, normalization=other, preset_normalization=False)
     h0 = ENCODER_PRESETS["h_optimus_0"].normalization
     assert fresh.norm_mean_patho.flatten().tolist() == pytest.approx(h0["mean"])
     images = torch.rand(2, 3, 28, 28)
