@@ -155,12 +155,13 @@ class MammoPathModule(L.LightningModule):
             trainable_blocks=trainable_blocks,
             drop_path_rate=drop_path_rate,
         )
-        dim = self.encoder.feature_dim
+        dim = self.encoder.embed_dim  # token width; image features are feature_dim wide (2x with cls_mean pooling)
+        features = self.encoder.feature_dim
         self.grade_schemes = dict(grade_schemes or {})
         extra = {"bach4": 4} if "bach4" in self.grade_schemes else {}
-        self.classifier = ClassificationHead(dim, extra_outputs=extra)
-        self.localizer = LocalizationHead(self.encoder.embed_dim, pooling=localization_pooling, topk_ratio=topk_ratio)
-        self.grader = GradingHead(dim, self.grade_schemes, method=grading_method) if self.grade_schemes else None
+        self.classifier = ClassificationHead(features, extra_outputs=extra)
+        self.localizer = LocalizationHead(dim, pooling=localization_pooling, topk_ratio=topk_ratio)
+        self.grader = GradingHead(features, self.grade_schemes, method=grading_method) if self.grade_schemes else None
         self.grading_method = grading_method
         self.objective = Objective(loss_weights)
         self.normalization = _check_normalization(normalization)
