@@ -214,6 +214,14 @@ def test_token_layout_reaches_the_heads(name: str) -> None:
     torch.testing.assert_close(out["cls_logit"], module.classifier(expected)["logit"])
 
 
+def test_alignment_projects_the_patch_tokens_whatever_the_pooling() -> None:
+    side = fake.twin_size(ENCODER_PRESETS["virchow2"])
+    module = MammoPathModule(backbone="virchow2", img_size=side, model_kwargs=dict(fake.TWIN), alignment=True)
+    with torch.no_grad():
+        out = module(torch.rand(2, 1, side, side), "mammo")
+    assert out["features"].shape == (2, 2 * fake.TWIN["embed_dim"]) and out["embedding"].shape == (2, 128)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_both_modalities_share_the_encoder_with_their_own_adapters(name: str) -> None:
     preset = ENCODER_PRESETS[name]
