@@ -1,186 +1,36 @@
 """Shared ViT encoder with per-modality adapters, local weights and grayscale input.
 
-:class:`ViTEncoder` wraps a timm ``VisionTransformer`` (any size; tiny variants in tests), loads
-pretrained weights only from a local file (timm/PyTorch ``.pth``/``.pt``/``.bin`` or
-``.safetensors``; pathology foundation models such as UNI/Phikon-style ViTs load the same way),
-injects one adapter set per modality into every block (``mammopath.models.adapters``) and freezes
-the backbone by policy. ``forward(x, modality)`` routes through that modality's adapters and
-returns ``{"features", "tokens", "grid"}``.
+:class:`ViTEncoder` wraps a timm ``VisionTransformer`` (any size; tiny variants in tests), built from
+a timm name or a named preset of a pretrained foundation model (:mod:`mammopath.models.presets`),
+loads pretrained weights only from a local file (:mod:`mammopath.models.weights`: timm, Hugging Face
+``transformers`` ViT/DINOv2 and facebookresearch DINOv2 layouts), injects one adapter set per
+modality into every block (``mammopath.models.adapters``) and freezes the backbone by policy.
+``forward(x, modality)`` routes through that modality's adapters and returns
+``{"features", "tokens", "grid"}``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
-from timm.models import adapt_input_conv
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from mammopath.errors import CheckpointError, ConfigError
+from mammopath.errors import ConfigError
 from mammopath.models.adapters import ADAPTER_KINDS, inject_adapters, use_modality
+from mammopath.models.presets import POOLINGS, get_preset
+from mammopath.models.weights import LoadReport, load_backbone_weights
 
 logger = logging.getLogger(__name__)
 
 FREEZE_POLICIES = ("adapters", "last_k", "full")
 GRAYSCALE_MODES = ("sum", "replicate")
-# Wrapper prefixes stripped from checkpoint keys (DDP, Lightning modules, our own ViTEncoder, open_clip trunks).
-KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.", "vit.", "trunk.")
-# Keys under which training scripts nest the state dict, tried in this order.
-NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "teacher", "network")
-CLASSIFIER_PREFIXES = ("head.", "head_dist.")
-_ADAPTER_KEY = re.compile(r"\.(adapters|lora)\.")
-_MAX_LISTED = 10
-
-
-def _is_adapter_key(key: str) -> bool:
-    return _ADAPTER_KEY.search(key) is not None
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a tensor state dict from a local weights file, unwrapping common nesting.
-
-    ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)`` (no arbitrary code). Nested dicts under ``state_dict``,
-    ``model``, ``module``, ``teacher``... (Lightning, DeiT/MAE, DINO checkpoints) are unwrapped.
-
-    Raises:
-        CheckpointError: the file is missing, unreadable or holds no tensor state dict.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: file not found (weights are read from local files only, never downloaded)")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(p), device="cpu")
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{p}: cannot read weights ({type(exc).__name__}: {exc}); save a plain state dict "
-            "(torch.save(model.state_dict(), ...)) or a .safetensors file"
-        ) from exc
-    for _ in range(len(NESTED_KEYS)):
-        if not isinstance(obj, Mapping) or all(isinstance(v, Tensor) for v in obj.values()):
-            break
-        nested = next((k for k in NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if nested is None:
-            break
-        obj = obj[nested]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{p}: expected a state dict (mapping of names to tensors), found {type(obj).__name__}")
-    sd = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
-    if not sd:
-        keys = list(obj.keys())[:_MAX_LISTED]
-        raise CheckpointError(f"{p}: no tensors found; top-level keys are {keys} (expected a model state dict)")
-    return sd
-
-
-def _strip_prefixes(sd: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
-    """Strip wrapper prefixes (``module.``, ``encoder.vit.``...), anchored on the patch-embed key."""
-    anchor = "patch_embed.proj.weight"
-    prefixes = {k[: -len(anchor)] for k in sd if k.endswith(anchor)}
-    if len(prefixes) == 1:
-        prefix = prefixes.pop()
-        rest = prefix
-        while rest:
-            known = next((kp for kp in KNOWN_PREFIXES if rest.startswith(kp)), None)
-            if known is None:
-                return sd  # an unknown wrapper: leave keys alone, the mismatch report names them
-            rest = rest[len(known) :]
-        if prefix:
-            kept = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-            if len(kept) < len(sd):
-                logger.info("%s: ignoring %d keys outside '%s'", path, len(sd) - len(kept), prefix)
-            return kept
-        return sd
-    if not prefixes:  # no patch embedding at all: strip prefixes shared by every key
-        changed = True
-        while changed:
-            changed = False
-            for kp in KNOWN_PREFIXES:
-                if sd and all(k.startswith(kp) for k in sd):
-                    sd = {k[len(kp) :]: v for k, v in sd.items()}
-                    changed = True
-    return sd
-
-
-def _fit_to_model(sd: dict[str, Tensor], vit: VisionTransformer, path: Path) -> dict[str, Tensor]:
-    """Drop the classifier, resample ``pos_embed`` to the model grid and adapt input channels."""
-    sd = {k: v for k, v in sd.items() if not k.startswith(CLASSIFIER_PREFIXES)}
-    pos = sd.get("pos_embed")
-    if pos is not None and vit.pos_embed is not None and pos.ndim == 3 and pos.shape != vit.pos_embed.shape:
-        n_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
-        old_n = pos.shape[1] - n_prefix
-        side = math.isqrt(max(old_n, 0))
-        if side * side == old_n and pos.shape[2] == vit.pos_embed.shape[2]:
-            logger.info("%s: resampling pos_embed from %dx%d to %s", path, side, side, vit.patch_embed.grid_size)
-            sd["pos_embed"] = resample_abs_pos_embed(
-                pos, new_size=list(vit.patch_embed.grid_size), old_size=[side, side], num_prefix_tokens=n_prefix
-            )
-    w = sd.get("patch_embed.proj.weight")
-    mw = vit.patch_embed.proj.weight
-    same_kernel = w is not None and w.ndim == 4 and (w.shape[0], *w.shape[2:]) == (mw.shape[0], *mw.shape[2:])
-    if w is not None and same_kernel and w.shape[1] != mw.shape[1]:
-        logger.info("%s: adapting patch_embed from %d to %d input channels", path, w.shape[1], mw.shape[1])
-        sd["patch_embed.proj.weight"] = adapt_input_conv(mw.shape[1], w)
-    return sd
-
-
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = f", ... (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return shown + more
-
-
-def load_backbone_weights(vit: VisionTransformer, path: str | Path, model_name: str = "model") -> None:
-    """Load local pretrained weights into a timm ViT (with or without injected adapters), strictly.
-
-    Wrapper prefixes are stripped, the classifier (``head.*``) is dropped, ``pos_embed`` is
-    resampled when the patch grid differs and RGB patch kernels are summed for ``in_chans=1``.
-    Adapter weights may be absent from the file (they keep their zero/near-identity init); every
-    other key must match in name and shape.
-
-    Raises:
-        CheckpointError: naming the file, with the first missing, unexpected and shape-mismatched keys.
-    """
-    p = Path(path)
-    sd = _fit_to_model(_strip_prefixes(read_state_dict(p), p), vit, p)
-    model_sd = vit.state_dict()
-    missing = [k for k in model_sd if k not in sd and not _is_adapter_key(k)]
-    unexpected = [k for k in sd if k not in model_sd]
-    shapes = [
-        f"{k} file {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}"
-        for k in sd
-        if k in model_sd and sd[k].shape != model_sd[k].shape
-    ]
-    if missing or unexpected or shapes:
-        lines = [
-            f"{p}: weights do not fit '{model_name}' ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(shapes)} shape mismatches)"
-        ]
-        if missing:
-            lines.append(f"  missing in file: {_listing(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected in file: {_listing(unexpected)}")
-        if shapes:
-            lines.append(f"  shape mismatch: {_listing(shapes)}")
-        lines.append("  check the model name, img_size/patch size and model_kwargs against the checkpoint")
-        raise CheckpointError("\n".join(lines))
-    vit.load_state_dict(sd, strict=False)
-    n_adapter = sum(1 for k in sd if _is_adapter_key(k))
-    logger.info("%s: loaded %d tensors into '%s' (%d adapter tensors)", p, len(sd), model_name, n_adapter)
 
 
 class ChannelSumConv2d(nn.Conv2d):
@@ -211,17 +61,25 @@ class ViTEncoder(nn.Module):
     """A timm ViT shared by all modalities, with per-modality adapters in every block.
 
     Args:
-        name: timm model name (a ``VisionTransformer``); built with ``pretrained=False``, ``num_classes=0``.
+        name: a preset name (:data:`~mammopath.models.presets.ENCODER_PRESETS`: ``uni``, ``virchow2``...,
+            which fixes the timm architecture and its arguments) or a timm model name (a
+            ``VisionTransformer``); built with ``pretrained=False``, ``num_classes=0``.
         img_size: input size the position embeddings are built for (int or ``(H, W)``).
         modalities: modality names; one adapter set each.
         in_chans: channels of the patch embedding (3 for RGB-pretrained weights).
         grayscale: how a 1-channel input meets a multi-channel patch embedding: ``"sum"`` convolves
             with the kernel summed over input channels (cheaper), ``"replicate"`` repeats the channel;
             both give the same result.
-        checkpoint_path: local weights file (``.pth``/``.pt``/``.bin``/``.safetensors``); never downloads.
-        model_kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``, ``class_token``...).
+        checkpoint_path: local weights file (``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors``, or the
+            folder holding a preset's file) in timm's or the preset vendor's key layout; never downloads.
+        model_kwargs: extra ``timm.create_model`` arguments (``depth``, ``embed_dim``, ``class_token``...);
+            merged over a preset's own arguments (a depth-reduced twin of a preset for tests).
         dynamic_img_size: accept any input size (multiple of the patch size); position embeddings
-            are resampled on the fly.
+            are resampled on the fly. None: the preset's setting (False for a timm name).
+        pooling: the image feature: ``"token"`` (timm's pooled pre-logits: the class token after the
+            final norm, or the mean patch token for models without one) or ``"cls_mean"`` (the class
+            token concatenated with the mean patch token, ``2 * embed_dim`` wide: Virchow's embedding).
+            None: the preset's recommendation (``"token"`` for a timm name).
         adapter: ``"adaptformer"``, ``"houlsby"``, ``"lora"`` or ``"none"``.
         adapter_kwargs: options of the adapter (``bottleneck``, ``scale``, ``rank``...).
         freeze: ``"adapters"``: only adapters train (backbone, final norm included, frozen; the
@@ -232,7 +90,11 @@ class ViTEncoder(nn.Module):
 
     Attributes:
         vit: the timm model (blocks possibly wrapped by adapters).
+        preset: the :class:`~mammopath.models.presets.EncoderPreset` built, or None for a timm name.
+        timm_name: the timm architecture.
         embed_dim: token width ``C``.
+        feature_dim: width of ``features`` (``C``, or ``2C`` with ``pooling="cls_mean"``).
+        load_report: what was loaded from ``checkpoint_path`` (None without one).
         num_prefix_tokens: class + register tokens.
         patch_size: patch side in pixels.
         modalities: the modality names.
@@ -247,7 +109,8 @@ class ViTEncoder(nn.Module):
         grayscale: str = "sum",
         checkpoint_path: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
-        dynamic_img_size: bool = False,
+        dynamic_img_size: bool | None = None,
+        pooling: str | None = None,
         adapter: str = "adaptformer",
         adapter_kwargs: dict[str, Any] | None = None,
         freeze: str = "adapters",
@@ -261,16 +124,27 @@ class ViTEncoder(nn.Module):
             raise ConfigError(f"freeze must be one of {list(FREEZE_POLICIES)}; got '{freeze}'")
         if adapter not in ADAPTER_KINDS:
             raise ConfigError(f"adapter must be one of {list(ADAPTER_KINDS)}; got '{adapter}'")
-        kwargs = dict(model_kwargs or {})
+        user_kwargs = dict(model_kwargs or {})
         clash = sorted(
-            set(kwargs) & {"pretrained", "num_classes", "img_size", "in_chans", "dynamic_img_size", "drop_path_rate"}
+            set(user_kwargs)
+            & {"pretrained", "num_classes", "img_size", "in_chans", "dynamic_img_size", "drop_path_rate"}
         )
         if clash:
             raise ConfigError(f"model_kwargs must not set {clash}; use the ViTEncoder arguments instead")
+        preset = get_preset(name)
+        timm_name = preset.timm_name if preset is not None else name
+        kwargs = {**(preset.model_kwargs if preset is not None else {}), **user_kwargs}
+        if dynamic_img_size is None:
+            dynamic_img_size = preset.dynamic_img_size if preset is not None else False
+        if pooling is None:
+            pooling = preset.pooling if preset is not None else "token"
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {list(POOLINGS)}; got '{pooling}'")
         img = tuple(img_size) if isinstance(img_size, Sequence) else img_size
+        what = f"preset '{name}' (timm '{timm_name}')" if preset is not None else f"timm model '{name}'"
         try:
             vit = timm.create_model(
-                name,
+                timm_name,
                 pretrained=False,
                 num_classes=0,
                 img_size=img,
@@ -280,20 +154,26 @@ class ViTEncoder(nn.Module):
                 **kwargs,
             )
         except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"cannot build timm model '{name}' with {kwargs}: {exc}") from exc
+            raise ConfigError(f"cannot build {what} with {user_kwargs}: {exc}") from exc
         if not isinstance(vit, VisionTransformer):
             raise ConfigError(f"'{name}' is a {type(vit).__name__}; ViTEncoder needs a timm VisionTransformer")
+        if pooling == "cls_mean" and vit.cls_token is None:
+            raise ConfigError(f"pooling='cls_mean' needs a class token; {what} has none")
         ps = vit.patch_embed.patch_size
         if ps[0] != ps[1]:
             raise ConfigError(f"'{name}' has non-square patches {tuple(ps)}; only square patches are supported")
 
         self.name = name
+        self.preset = preset
+        self.timm_name = timm_name
+        self.pooling = pooling
         self.vit = vit
         self.modalities = tuple(modalities)
         self.in_chans = in_chans
         self.grayscale = grayscale
         self.adapter_kind = adapter
         self.embed_dim = int(vit.embed_dim)
+        self.feature_dim = self.embed_dim * (2 if pooling == "cls_mean" else 1)
         self.num_prefix_tokens = int(vit.num_prefix_tokens)
         self.patch_size = int(ps[0])
         self.active_modality: str | None = None
@@ -302,8 +182,9 @@ class ViTEncoder(nn.Module):
         view = inject_adapters(vit, self.modalities, adapter, **(adapter_kwargs or {}))
         # Not registered: the adapter modules are owned by the blocks (see inject_adapters).
         self.__dict__["_adapter_view"] = view
+        self.load_report: LoadReport | None = None
         if checkpoint_path is not None:
-            load_backbone_weights(vit, checkpoint_path, model_name=name)
+            self.load_report = load_backbone_weights(vit, checkpoint_path, model_name=timm_name, preset=preset)
         self.freeze = freeze
         self.trainable_blocks = trainable_blocks
         self.apply_freeze(freeze, trainable_blocks)
@@ -396,8 +277,9 @@ class ViTEncoder(nn.Module):
             modality: which adapter set to use (one of ``self.modalities``).
 
         Returns:
-            ``features`` ``(B, C)``: timm's pooled pre-logits (CLS token after the final norm, or
-            the mean of patch tokens + ``fc_norm`` for models without a class token);
+            ``features`` ``(B, feature_dim)``: with ``pooling="token"`` timm's pooled pre-logits (CLS
+            token after the final norm, or the mean of patch tokens + ``fc_norm`` for models without a
+            class token); with ``"cls_mean"`` the CLS token and the mean patch token, concatenated;
             ``tokens`` ``(B, h*w, C)``: patch tokens after the final norm (prefix tokens removed;
             for ``fc_norm`` models, where ``norm`` is the identity, ``fc_norm`` is applied);
             ``grid``: ``tensor([h, w])`` (int64, CPU), the patch grid of this input.
@@ -416,4 +298,6 @@ class ViTEncoder(nn.Module):
         tokens = t[:, self.num_prefix_tokens :]
         if isinstance(vit.norm, nn.Identity) and not isinstance(vit.fc_norm, nn.Identity):
             tokens = vit.fc_norm(tokens)
+        if self.pooling == "cls_mean":  # register tokens are neither the class token nor patches
+            features = torch.cat([t[:, 0], tokens.mean(dim=1)], dim=-1)
         return {"features": features, "tokens": tokens, "grid": torch.tensor([h, w])}

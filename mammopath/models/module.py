@@ -14,7 +14,10 @@ The contract with callbacks (``docs/architecture.md``):
 - evaluation results live in :attr:`MammoPathModule.evaluation` (:class:`~mammopath.metrics.evaluation.Evaluation`).
 
 The module never knows which callback is attached. It holds no per-dataset constant: the input
-normalization comes from the datamodule (linked by the CLI) and is saved in every checkpoint.
+normalization comes from the datamodule (linked by the CLI) and is saved in every checkpoint. A
+pretrained-encoder preset (``backbone: uni``...) brings the normalization its weights were trained
+with; for the modalities the preset applies to it wins over the datamodule's (logged), unless
+``preset_normalization: false``.
 """
 
 from __future__ import annotations
@@ -69,10 +72,16 @@ class MammoPathModule(L.LightningModule):
     """Multi-task cross-modal model (classification, localization, grading).
 
     Args:
-        backbone: timm ViT name (``vit_tiny_patch16_224`` ... ``vit_large_patch16_224``, DeiT, EVA).
+        backbone: a pretrained-encoder preset (``uni``, ``uni2``, ``phikon_v2``, ``virchow2``, ``gigapath``,
+            ``h_optimus_0``, ``mama``, ``vit_small``/``vit_base``/``vit_large``: ``docs/encoders.md``) or a timm
+            ViT name (``vit_tiny_patch16_224`` ... ``vit_large_patch16_224``, DeiT, EVA).
         img_size: input size the position embeddings are built for.
-        model_kwargs: extra ``timm.create_model`` arguments (e.g. ``depth``, ``patch_size``).
-        checkpoint_path: local pretrained weights (timm/safetensors/state dict). Nothing downloads.
+        model_kwargs: extra ``timm.create_model`` arguments (e.g. ``depth``, ``patch_size``), merged over a
+            preset's own.
+        checkpoint_path: local pretrained weights (timm/safetensors/state dict, or the preset vendor's layout;
+            a folder holding the preset's file). Nothing downloads; what was loaded is shown at fit start.
+        dynamic_img_size: accept any input size (None: the preset's setting, else False).
+        pooling: image feature of the heads: ``token`` or ``cls_mean`` (None: the preset's recommendation).
         grayscale: ``sum`` (patch-embed kernels summed) or ``replicate`` for 1-channel mammograms.
         adapter: ``adaptformer`` (default), ``houlsby``, ``lora`` or ``none``.
         adapter_kwargs: adapter options (bottleneck, scale, rank...).
@@ -86,6 +95,8 @@ class MammoPathModule(L.LightningModule):
             callbacks a multiplier on the callback's (scheduled) weight (:mod:`mammopath.losses.objective`).
         normalization: per modality ``{"mean": [...], "std": [...]}`` applied to the [0, 1] images; linked from
             the datamodule by the CLI (None = images enter unnormalized). Saved in the checkpoint.
+        preset_normalization: with a preset backbone, use the normalization its weights were trained with for
+            the modalities it applies to (replacing ``normalization`` there, logged); false keeps ``normalization``.
         test_bootstrap: patient-bootstrap resamples of the test AUROC CIs (validation computes none).
         alignment: train the cross-modal contrastive term ``align`` (one projector per modality into a shared
             L2-normalized space and a learnable temperature, both on the module and in every checkpoint).
@@ -103,6 +114,8 @@ class MammoPathModule(L.LightningModule):
         img_size: int | list[int] = 224,
         model_kwargs: dict[str, Any] | None = None,
         checkpoint_path: str | None = None,
+        dynamic_img_size: bool | None = None,
+        pooling: str | None = None,
         grayscale: str = "sum",
         adapter: str = "adaptformer",
         adapter_kwargs: dict[str, Any] | None = None,
@@ -115,6 +128,7 @@ class MammoPathModule(L.LightningModule):
         topk_ratio: float = 0.1,
         loss_weights: dict[str, float] | None = None,
         normalization: dict[str, dict[str, list[float]]] | None = None,
+        preset_normalization: bool = True,
         test_bootstrap: int = 200,
         alignment: bool = False,
         projection_dim: int = 128,
@@ -133,21 +147,26 @@ class MammoPathModule(L.LightningModule):
             grayscale=grayscale,
             checkpoint_path=checkpoint_path,
             model_kwargs=model_kwargs,
+            dynamic_img_size=dynamic_img_size,
+            pooling=pooling,
             adapter=adapter,
             adapter_kwargs=adapter_kwargs,
             freeze=freeze,
             trainable_blocks=trainable_blocks,
             drop_path_rate=drop_path_rate,
         )
-        dim = self.encoder.embed_dim
+        dim = self.encoder.embed_dim  # token width; image features are feature_dim wide (2x with cls_mean pooling)
+        features = self.encoder.feature_dim
         self.grade_schemes = dict(grade_schemes or {})
         extra = {"bach4": 4} if "bach4" in self.grade_schemes else {}
-        self.classifier = ClassificationHead(dim, extra_outputs=extra)
+        self.classifier = ClassificationHead(features, extra_outputs=extra)
         self.localizer = LocalizationHead(dim, pooling=localization_pooling, topk_ratio=topk_ratio)
-        self.grader = GradingHead(dim, self.grade_schemes, method=grading_method) if self.grade_schemes else None
+        self.grader = GradingHead(features, self.grade_schemes, method=grading_method) if self.grade_schemes else None
         self.grading_method = grading_method
         self.objective = Objective(loss_weights)
         self.normalization = _check_normalization(normalization)
+        if preset_normalization:
+            self._adopt_preset_normalization()
         for modality in self.encoder.modalities:
             stats = self.normalization.get(modality, {"mean": [0.0], "std": [1.0]})
             self.register_buffer(f"norm_mean_{modality}", torch.tensor(stats["mean"]).view(1, -1, 1, 1))
@@ -206,6 +225,28 @@ class MammoPathModule(L.LightningModule):
     def unregister_prediction_transform(self, name: str) -> None:
         """Remove a prediction transform (no-op when absent)."""
         self._prediction_transforms.pop(name, None)
+
+    def _adopt_preset_normalization(self) -> None:
+        """The preset's normalization replaces the datamodule's for the modalities the preset applies to."""
+        preset = self.encoder.preset
+        if preset is None:
+            return
+        stats = preset.normalization_stats()
+        for modality in preset.normalization_modalities:
+            if modality not in self.encoder.modalities:
+                continue
+            given = self.normalization.get(modality)
+            if given != stats:
+                log.info(
+                    "normalization %s: preset '%s' was trained with mean %s std %s; using it instead of %s "
+                    "(model.preset_normalization=false keeps the datamodule's)",
+                    modality,
+                    preset.name,
+                    stats["mean"],
+                    stats["std"],
+                    "no normalization" if given is None else f"mean {given['mean']} std {given['std']}",
+                )
+            self.normalization[modality] = {"mean": list(stats["mean"]), "std": list(stats["std"])}
 
     # -- model -----------------------------------------------------------------------------------
     def normalize(self, images: Tensor, modality: str) -> Tensor:
@@ -396,7 +437,18 @@ class MammoPathModule(L.LightningModule):
         rows = self.parameter_rows()
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        report = self.encoder.load_report
+        if report is not None:
+            log.info("pretrained weights: %s", report.summary())
+        else:
+            log.warning("%s starts from random initialization (no model.checkpoint_path)", self.encoder.name)
         if self.trainer.is_global_zero:
+            weights = Table(title="Pretrained weights", show_header=False)
+            weights.add_column("field")
+            weights.add_column("value", overflow="fold")
+            for key, value in report.rows() if report is not None else [("none", "random initialization")]:
+                weights.add_row(key, value)
+            Console().print(weights)
             table = Table(title="Parameters")
             for column in ("component", "total", "trainable", "trainable %"):
                 table.add_column(column, justify="left" if column == "component" else "right")
