@@ -34,10 +34,12 @@ prepare-demo: install $(SYNTH)/manifest.csv ## prepare + validate every syntheti
 		--out $(SYNTH)/manifests/camelyon16_patches.csv --size 64 --mpp 1.0
 	$(BIN)/mammopath validate-manifest $(SYNTH)/paired_manifest.csv --root $(SYNTH)
 
+DEMO := --config experiments/synth.yaml --config experiments/demo.yaml
+
 demo: install $(SYNTH)/manifest.csv prepare-demo ## synth → prepare → validate → fit → test on held-out domains → results/demo
 	$(BIN)/mammopath validate-manifest $(SYNTH)/manifest.csv --root $(SYNTH) --holdout hospital_c centre_3
-	$(BIN)/mammopath fit --config experiments/demo.yaml
-	$(BIN)/mammopath test --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+	$(BIN)/mammopath fit $(DEMO)
+	$(BIN)/mammopath test $(DEMO) --ckpt_path runs/demo/checkpoints/best.ckpt
 	@echo "results: results/demo/ (metrics_by_domain.md, lodo_summary.md, roc.png); logs: make tensorboard"
 
 test: install ## fast test suite (CPU, < 10 min)

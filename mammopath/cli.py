@@ -29,6 +29,7 @@ DATA_COMMANDS_HELP = """data commands:
   tile                turn slide rows into patch rows (tissue detection, tumour fraction)
   validate-manifest   check a manifest against its data root
   report              merge result folders into one table with figures
+  sweep               run a methods x folds x seeds grid (resumable) and summarize it
 training commands (LightningCLI): fit, validate, test, predict  (see `mammopath fit --help`)"""
 
 
@@ -201,7 +202,14 @@ def _cmd_tile(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_sweep(argv: Sequence[str]) -> int:
+    from mammopath.sweep import main as sweep_main
+
+    return sweep_main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "sweep": _cmd_sweep,
     "tile": _cmd_tile,
     "prepare": _cmd_prepare,
     "synth": _cmd_synth,

@@ -300,6 +300,16 @@ class LodoDataModule(L.LightningDataModule):
                     rows, rows["_root"].iloc[0], augment=self.augment and split == "train", **self.dataset_kwargs
                 )
             log.info("%s: %s", split, ", ".join(f"{m}={len(d)}" for m, d in self.datasets[split].items()))
+            if split == "train":
+                for modality, dataset in self.datasets[split].items():
+                    domains = sorted(set(dataset.rows["domain"]))
+                    if len(domains) < 2:
+                        log.warning(
+                            "%s trains on a single source domain (%s): cross-domain mechanisms (crossdomain MixStyle, "
+                            "IRM environments) have nothing to compare in this modality",
+                            modality,
+                            domains[0],
+                        )
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, dataset: ManifestDataset, *, train: bool) -> DataLoader:

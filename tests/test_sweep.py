@@ -1,0 +1,73 @@
+"""The sweep runner on a tiny grid: runs, skips finished runs, summarizes with paired deltas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from mammopath.errors import ConfigError
+from mammopath.sweep import Grid, Sweep, main, runs_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _grid(tmp_path: Path, synth_root: Path) -> Path:
+    grid = {
+        "name": "tiny",
+        "configs": [str(REPO / "tests/conf/tiny.yaml"), str(REPO / "tests/conf/synth.yaml")],
+        "methods": {"erm": [str(REPO / "experiments/baselines/erm.yaml")],
+                    "irm": [str(REPO / "experiments/baselines/irm.yaml")]},
+        "folds": {"designed": []},
+        "seeds": [0],
+        "args": [
+            f"--data.manifest={synth_root / 'manifest.csv'}", "--trainer.max_steps=3", "--trainer.limit_val_batches=2",
+            "--trainer.enable_checkpointing=true", "--model.test_bootstrap=20",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.filename=best",
+            "--trainer.callbacks.save_last=true", "--trainer.callbacks.enable_version_counter=false",
+            "--trainer.callbacks+=mammopath.callbacks.results.ResultsWriter",
+        ],
+        "baseline": "erm",
+    }  # fmt: skip
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_sweep_runs_skips_and_summarizes(synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # runs/ and results/ of the grid land here
+    path = _grid(tmp_path, synth_root)
+    assert main([str(path), "--n-boot", "50"]) == 0
+    grid = Grid.load(path)
+    sweep = Sweep(grid)
+    for run in runs_of(grid):
+        info = json.loads((sweep.results(run) / "run.json").read_text())
+        assert info["status"] == "done" and info["seed"] == 0 and info["version"] and info["manifest_sha256"]
+        assert any((Path("runs") / run.id).rglob("config.yaml"))  # the resolved config is kept
+    summary = pd.read_csv(Path("results/tiny/summary.csv"))
+    assert set(summary["method"]) == {"erm", "irm"} and set(summary["heldout_domain"]) == {"hospital_c", "centre_3"}
+    deltas = pd.read_csv(Path("results/tiny/deltas.csv"))
+    assert set(deltas["method"]) == {"irm"} and (deltas["ci_low"] <= deltas["ci_high"]).all()
+    logs = {r.id: (sweep.results(r) / "sweep.log").read_text().count("$ ") for r in runs_of(grid)}
+    # a second call runs nothing; a run whose marker is gone runs again (its fit resumes from last.ckpt)
+    irm = next(r for r in runs_of(grid) if r.method == "irm")
+    (sweep.results(irm) / "run.json").unlink()
+    assert main([str(path), "--n-boot", "20"]) == 0
+    again = {r.id: (sweep.results(r) / "sweep.log").read_text().count("$ ") for r in runs_of(grid)}
+    assert again[irm.id] == logs[irm.id] + 2 and all(again[k] == v for k, v in logs.items() if k != irm.id)
+    assert "--ckpt_path=" in (sweep.results(irm) / "sweep.log").read_text().split("$ ")[-2]
+
+
+def test_grid_errors_name_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "grid.yaml"
+    bad.write_text("name: x\nmethods: {erm: [missing.yaml]}\nfolds: {a: []}\nseeds: [0]\n")
+    with pytest.raises(ConfigError, match="missing.yaml not found"):
+        Grid.load(bad)
+    bad.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="lacks"):
+        Grid.load(bad)
+    grid = Grid.load(REPO / "experiments/sweeps/dg_synth.yaml")
+    assert len(runs_of(grid)) == 15 and grid.baseline == "erm"
