@@ -70,4 +70,4 @@ def test_grid_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="lacks"):
         Grid.load(bad)
     grid = Grid.load(REPO / "experiments/sweeps/dg_synth.yaml")
-    assert len(runs_of(grid)) == 15 and grid.baseline == "erm"
+    assert len(runs_of(grid)) == 21 and grid.baseline == "erm" and grid.test_only["full_tent"] == "full"

@@ -27,7 +27,7 @@ from typing import Any
 import lightning as L
 import pandas as pd
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
 from mammopath.datasets.manifest_dataset import ManifestDataset
 from mammopath.errors import ConfigError
@@ -279,10 +279,14 @@ class LodoDataModule(L.LightningDataModule):
         """Rows of one stage (``train``/``val``/``test``) and modality, with a ``role`` column."""
         df = self.manifest[self.manifest["modality"] == modality]
         held = df["domain"].isin(self.holdout_domains)
-        if stage in ("train", "val"):
+        if stage == "train":
             return df[(df["split"] == stage) & ~held].assign(role="source")
+        if stage == "val":
+            rows = df[(df["split"] == stage) & ~held].assign(role="source")
+            return rows.sort_values("domain", kind="stable", ignore_index=True)
         source = df[(df["split"] == "test") & ~held].assign(role="source")
-        return pd.concat([source, df[held].assign(role="heldout")], ignore_index=True)
+        rows = pd.concat([source, df[held].assign(role="heldout")], ignore_index=True)
+        return rows.sort_values("domain", kind="stable", ignore_index=True)  # evaluation batches: one domain each
 
     def setup(self, stage: str | None = None) -> None:
         stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -313,15 +317,21 @@ class LodoDataModule(L.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, dataset: ManifestDataset, *, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            multiprocessing_context=self.multiprocessing_context,
+        workers: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "multiprocessing_context": self.multiprocessing_context,
+        }
+        if train:
+            return DataLoader(
+                dataset, batch_size=self.batch_size, shuffle=True, drop_last=len(dataset) > self.batch_size, **workers
+            )
+        from mammopath.datamodules.samplers import DomainGroupedBatchSampler
+
+        batches = DomainGroupedBatchSampler(
+            SequentialSampler(dataset), self.eval_batch_size, drop_last=False, domains=list(dataset.rows["domain"])
         )
+        return DataLoader(dataset, batch_sampler=batches, **workers)
 
     def paired_patients(self) -> list[str]:
         """Training patients with samples of every loaded modality (true cross-modal pairs)."""

@@ -113,3 +113,45 @@ class DomainBalancedSampler(DistributedSampler):
         order = balanced_order(rng, np.arange(len(self.strata)), self.strata, total * self.batch_size, self.batch_size)
         batches = order.reshape(total, self.batch_size)[self.rank :: self.num_replicas]
         return iter(batches.reshape(-1).tolist())
+
+
+class DomainGroupedBatchSampler(torch.utils.data.BatchSampler):
+    """Evaluation batches that never straddle two domains (test-time adaptation resets per domain).
+
+    Takes the indices of ``sampler`` in order and cuts a batch at ``batch_size`` or wherever the domain
+    changes. A ``BatchSampler`` subclass with its signature, so Lightning can re-create it around a
+    distributed sampler (each rank then cuts its own shard the same way).
+
+    Args:
+        sampler: the index order (sequential for evaluation).
+        batch_size: the largest batch.
+        drop_last: drop each domain's last short batch (False for evaluation).
+        domains: the domain of every dataset index.
+    """
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool = False, domains: Sequence[str] = ()) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(sampler, batch_size, drop_last)
+        self.domains = list(domains)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        batch: list[int] = []
+        current = None
+        for index in self.sampler:
+            domain = self.domains[index]
+            if batch and (domain != current or len(batch) == self.batch_size):
+                yield batch
+                batch = []
+            batch.append(int(index))
+            current = domain
+        if batch and not (self.drop_last and len(batch) < self.batch_size):
+            yield batch
+
+    def __len__(self) -> int:
+        count, run, current = 0, 0, None
+        for index in self.sampler:
+            domain = self.domains[index]
+            if run and (domain != current or run == self.batch_size):
+                count, run = count + 1, 0
+            run += 1
+            current = domain
+        return count + (1 if run and not (self.drop_last and run < self.batch_size) else 0)

@@ -5,6 +5,6 @@ wrap them.
 """
 
 from mammopath.dg.irm import irm_penalty
-from mammopath.dg.mixstyle import crossdomain_partners, mixstyle, random_partners, token_statistics
+from mammopath.dg.mixstyle import crossdomain_partners, mixstyle, random_partners, restyle, token_statistics
 
-__all__ = ["crossdomain_partners", "irm_penalty", "mixstyle", "random_partners", "token_statistics"]
+__all__ = ["crossdomain_partners", "irm_penalty", "mixstyle", "random_partners", "restyle", "token_statistics"]

@@ -69,3 +69,17 @@ def crossdomain_partners(domains: list[str], generator: torch.Generator | None =
         others = torch.nonzero(dom != dom[i]).flatten()
         partners[i] = others[torch.randint(len(others), (1,), generator=generator)]
     return partners
+
+
+def restyle(tokens: Tensor, mu: Tensor, sigma: Tensor, num_prefix_tokens: int = 1, eps: float = 1e-6) -> Tensor:
+    """Re-render the content of ``tokens`` ``[B, T, C]`` with the style ``(mu, sigma)`` (``[C]`` or ``[B, 1, C]``).
+
+    Patch tokens become ``σ_new · (x − μ(x)) / σ(x) + μ_new`` (μ(x), σ(x) from :func:`token_statistics`):
+    MixStyle with λ = 0 and a partner style taken from elsewhere (a source style bank at test time).
+    """
+    own_mu, own_sigma = token_statistics(tokens, num_prefix_tokens, eps)
+    mu = mu.to(own_mu).reshape(-1, 1, own_mu.shape[-1]) if mu.ndim < 3 else mu.to(own_mu)
+    sigma = sigma.to(own_sigma).reshape(-1, 1, own_sigma.shape[-1]) if sigma.ndim < 3 else sigma.to(own_sigma)
+    patches = tokens[:, num_prefix_tokens:]
+    styled = (sigma * (patches.float() - own_mu) / own_sigma + mu).to(tokens.dtype)
+    return torch.cat([tokens[:, :num_prefix_tokens], styled], dim=1)

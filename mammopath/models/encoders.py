@@ -291,13 +291,34 @@ class ViTEncoder(nn.Module):
         try:
             with use_modality(vit, modality):
                 t = vit.forward_features(x)
-                features = vit.forward_head(t, pre_logits=True)
         finally:
             self.active_modality = None
-        h, w = vit.patch_embed.dynamic_feat_size((int(x.shape[-2]), int(x.shape[-1])))
+        grid = vit.patch_embed.dynamic_feat_size((int(x.shape[-2]), int(x.shape[-1])))
+        return self._outputs(t, modality, grid)
+
+    def _outputs(self, t: Tensor, modality: str, grid: tuple[int, int]) -> dict[str, Tensor]:
+        vit = self.vit
+        with use_modality(vit, modality):
+            features = vit.forward_head(t, pre_logits=True)
         tokens = t[:, self.num_prefix_tokens :]
         if isinstance(vit.norm, nn.Identity) and not isinstance(vit.fc_norm, nn.Identity):
             tokens = vit.fc_norm(tokens)
         if self.pooling == "cls_mean":  # register tokens are neither the class token nor patches
             features = torch.cat([t[:, 0], tokens.mean(dim=1)], dim=-1)
-        return {"features": features, "tokens": tokens, "grid": torch.tensor([h, w])}
+        return {"features": features, "tokens": tokens, "grid": torch.tensor(grid)}
+
+    def forward_from(self, tokens: Tensor, modality: str, layer: int, grid: tuple[int, int]) -> dict[str, Tensor]:
+        """Finish a forward pass from the output of block ``layer`` (all tokens, prefix included).
+
+        Runs only ``blocks[layer + 1:]``, the final norm and the pooling: what a test-time intervention on
+        the tokens after ``layer`` needs (:class:`~mammopath.callbacks.tta.CausalTTA`). With the tokens a
+        normal forward produced at ``layer``, the result equals that forward (tested).
+        """
+        self._check_modality(modality)
+        vit = self.vit
+        with use_modality(vit, modality):
+            t = tokens
+            for block in list(vit.blocks)[layer + 1 :]:
+                t = block(t)
+            t = vit.norm(t)
+        return self._outputs(t, modality, grid)

@@ -46,6 +46,7 @@ from mammopath.metrics.evaluation import Evaluation
 from mammopath.models.encoders import ViTEncoder
 from mammopath.models.heads import ClassificationHead, GradingHead, LocalizationHead
 from mammopath.models.outputs import eval_step_output, predict_step_output
+from mammopath.models.style_bank import TokenStyleBank
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ class MammoPathModule(L.LightningModule):
         align_label_map: label-level positives: ``malignancy`` or ``{scheme: [class per grade]}``
             (:class:`~mammopath.datamodules.pairing.LabelMap`); patients with both modalities pair by patient.
         align_intra_modal: weight of the optional intra-modal SupCon term.
+        style_bank_size: source-domain token styles kept per modality for test-time adaptation (0 = none);
+            filled by the ``StyleBank`` callback, saved in every checkpoint.
+        style_layer: the block after which styles are recorded and intervened on at test time (default the
+            second block, the first MixStyle layer).
         optimizer: injected optimizer (YAML ``class_path``).
         scheduler: injected LR scheduler, stepped per epoch.
     """
@@ -134,6 +139,8 @@ class MammoPathModule(L.LightningModule):
         projection_dim: int = 128,
         align_label_map: str | dict[str, list[int]] = "malignancy",
         align_intra_modal: float = 0.0,
+        style_bank_size: int = 64,
+        style_layer: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
     ):
@@ -174,6 +181,12 @@ class MammoPathModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.evaluation = Evaluation(n_boot=test_bootstrap)
+        depth = len(self.encoder.blocks)
+        if style_layer is None:  # the second block, or the first of a 2-block test model
+            style_layer = max(0, min(1, depth - 2))
+        if not 0 <= style_layer < depth - 1:
+            raise ConfigError(f"style_layer must be an early block, 0..{depth - 2}; got {style_layer}")
+        self.style_bank = TokenStyleBank(self.encoder.modalities, style_bank_size, self.encoder.embed_dim, style_layer)
         self.alignment = alignment
         self.label_map = LabelMap.parse(align_label_map)
         self.align_loss = CrossModalContrastiveLoss(intra_modal=align_intra_modal)
@@ -273,11 +286,22 @@ class MammoPathModule(L.LightningModule):
     def forward(self, images: Tensor, modality: str) -> dict[str, Tensor]:
         """Encode one single-modality batch of [0, 1] images and run the three heads."""
         enc = self.encoder(self.normalize(images, modality), modality)
+        return self.heads(enc, modality, (int(images.shape[-2]), int(images.shape[-1])))
+
+    def forward_from(
+        self, tokens: Tensor, modality: str, grid: tuple[int, int], image_size: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """The forward dict from the tokens after the style-bank layer (only the later blocks run)."""
+        enc = self.encoder.forward_from(tokens, modality, self.style_bank.layer, grid)
+        return self.heads(enc, modality, image_size)
+
+    def heads(self, enc: dict[str, Tensor], modality: str, image_size: tuple[int, int]) -> dict[str, Tensor]:
+        """Run the heads (and the projector) on the encoder's outputs."""
         grid = (int(enc["grid"][0]), int(enc["grid"][1]))
         out: dict[str, Tensor] = {"features": enc["features"], "tokens": enc["tokens"], "grid": enc["grid"]}
         for key, value in self.classifier(enc["features"]).items():
             out["cls_" + key] = value
-        for key, value in self.localizer(enc["tokens"], grid, tuple(images.shape[-2:])).items():
+        for key, value in self.localizer(enc["tokens"], grid, image_size).items():
             out["loc_" + key] = value
         if self.grader is not None:
             for scheme, logits in self.grader(enc["features"]).items():

@@ -1,0 +1,166 @@
+"""Test-time adaptation: identity when switched off, causal in time, per-domain resets, declared parameters only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+from mammopath.callbacks.style_bank import StyleBank
+from mammopath.callbacks.tta import TENT, CausalTTA
+from mammopath.datamodules import CrossModalDataModule
+from mammopath.dg import restyle
+from mammopath.errors import ConfigError
+from mammopath.models.module import MammoPathModule
+
+TINY = {"patch_size": 8, "depth": 3, "embed_dim": 48}
+
+
+def _module() -> MammoPathModule:
+    torch.manual_seed(0)
+    module = MammoPathModule(img_size=32, model_kwargs=TINY, freeze="full", style_bank_size=8).eval()
+    g = torch.Generator().manual_seed(1)
+    for m in ("mammo", "patho"):
+        mu, sigma = torch.randn(8, 48, generator=g) * 0.3, 0.5 + torch.rand(8, 48, generator=g)
+        module.style_bank.fill(m, mu, sigma, ["a"] * 4 + ["b"] * 4)
+    return module
+
+
+def _stream(n: int, domains: list[str], seed: int = 2) -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {"image": torch.rand(4, 1, 32, 32, generator=g), "domain": [domains[i]] * 4, "modality": ["mammo"] * 4}
+        for i in range(n)
+    ]
+
+
+def _tensors(module: MammoPathModule) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _run(module: MammoPathModule, tta: Any, stream: list[dict[str, Any]]) -> list[torch.Tensor]:
+    tta._start(module)
+    scores = []
+    for batch in stream:
+        with torch.no_grad():
+            out = module(batch["image"], "mammo")
+        scores.append(tta.transform(module, batch, out, "test")["cls_logit"].detach().clone())
+    tta._end(module)
+    return scores
+
+
+def test_no_intervention_and_no_update_is_plain_inference_exactly() -> None:
+    module = _module()
+    stream = _stream(3, ["a", "a", "b"])
+    with torch.no_grad():
+        plain = [module(b["image"], "mammo")["cls_logit"] for b in stream]
+    for tta in (CausalTTA(k=0, update=False), CausalTTA(k=4, beta=1.0, update=False)):
+        assert all(torch.equal(a, b) for a, b in zip(_run(module, tta, stream), plain, strict=True))
+
+
+def test_marginalization_equals_the_backdoor_formula_and_forward_from_is_exact() -> None:
+    module = _module()
+    images = torch.rand(3, 1, 32, 32)
+    captured: list[torch.Tensor] = []
+    handle = module.encoder.blocks[module.style_bank.layer].register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        out = module(images, "mammo")
+    handle.remove()
+    with torch.no_grad():  # re-running the later blocks from the captured tokens is the same forward
+        again = module.forward_from(captured[0], "mammo", (4, 4), (32, 32))
+    torch.testing.assert_close(again["cls_logit"], out["cls_logit"], atol=1e-6, rtol=0)
+    tta = CausalTTA(k=3, beta=0.25, update=False, seed=5)
+    tta._start(module)
+    with torch.no_grad():
+        out = module(images, "mammo")
+        got = torch.sigmoid(tta.transform(module, {"image": images, "domain": ["x"] * 3, "modality": ["mammo"] * 3},
+                                          out, "test")["cls_logit"])  # fmt: skip
+        mu, sigma = tta._styles["mammo"]
+        expected = 0.25 * torch.sigmoid(out["cls_logit"])
+        for k in range(3):
+            styled = restyle(captured[0], mu[k], sigma[k], module.encoder.num_prefix_tokens)
+            expected += 0.75 / 3 * torch.sigmoid(module.forward_from(styled, "mammo", (4, 4), (32, 32))["cls_logit"])
+    tta._end(module)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, torch.sigmoid(out["cls_logit"]))
+
+
+@pytest.mark.parametrize("make", [lambda: CausalTTA(update=True, entropy_margin=10.0, plpd_threshold=-1.0, lr=0.05),
+                                  lambda: TENT(lr=0.05)], ids=["causal_tta", "tent"])  # fmt: skip
+def test_causal_in_time_resets_per_domain_and_changes_only_declared_parameters(make) -> None:
+    module = _module()
+    before = _tensors(module)
+    stream = _stream(6, ["a", "a", "a", "a", "b", "b"])
+    tta = make()
+    first = _run(module, tta, stream)
+    assert tta.adapted_batches == 6
+    # the source weights are back, exactly
+    assert all(torch.equal(before[k], v) for k, v in _tensors(module).items())
+    # causal: changing the stream after position 2 (other batches, another order) changes nothing up to it
+    second = _run(module, make(), [*stream[:3], stream[3], *_stream(2, ["b", "b"], seed=9)])
+    third = _run(module, make(), [*stream[:3], stream[5], stream[4], stream[3]])
+    for a, b, c in zip(first[:3], second[:3], third[:3], strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    # adaptation happened (batch 2 differs from the source prediction) and did not cross into domain b
+    with torch.no_grad():
+        source = [module(b["image"], "mammo")["cls_logit"] for b in stream]
+    if isinstance(tta, TENT):
+        assert not torch.allclose(first[2], source[2])
+    assert torch.allclose(first[4], _run(module, make(), [stream[4]])[0])  # b starts from the source weights
+    # only the declared parameters move during adaptation
+    tta = make()
+    tta._start(module)
+    with torch.no_grad():
+        out = module(stream[0]["image"], "mammo")
+    tta.transform(module, stream[0], out, "test")
+    declared = {id(p) for p in tta.parameters(module, "mammo")}
+    changed = [n for n, p in module.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert changed and all(id(dict(module.named_parameters())[n]) in declared for n in changed)
+    tta._end(module)
+
+
+def test_batches_that_straddle_domains_are_refused() -> None:
+    module = _module()
+    tta = TENT()
+    tta._start(module)
+    batch = {"image": torch.rand(2, 1, 32, 32), "domain": ["a", "b"], "modality": ["mammo"] * 2}
+    with pytest.raises(ConfigError, match="straddles"):
+        tta.transform(module, batch, module(batch["image"], "mammo"), "test")
+
+
+def _trainer(tmp_path: Path, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **kwargs)  # fmt: skip
+
+
+def test_through_the_trainer_bank_checkpoint_inference_mode_and_source_weights(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    data = CrossModalDataModule(
+        str(synth_root / "manifest.csv"), holdout_domains=["hospital_c", "centre_3"], image_size=32, batch_size=4,
+        eval_batch_size=8,
+    )  # fmt: skip
+    module = MammoPathModule(img_size=32, model_kwargs=TINY, freeze="full", style_bank_size=8,
+                             grade_schemes=data.grade_schemes)  # fmt: skip
+    trainer = _trainer(tmp_path, [StyleBank()], max_steps=2, limit_val_batches=1)
+    trainer.fit(module, data)
+    mu, _, domains = module.style_bank.styles("patho")
+    assert len(mu) == 8 and set(domains) == {"centre_1", "centre_2"}  # source domains only
+    trainer.save_checkpoint(tmp_path / "bank.ckpt")
+    restored = MammoPathModule.load_from_checkpoint(tmp_path / "bank.ckpt", weights_only=True)
+    r_mu, r_sigma, r_domains = restored.style_bank.styles("patho")
+    torch.testing.assert_close(r_mu, mu)
+    torch.testing.assert_close(r_sigma, module.style_bank.styles("patho")[1])
+    assert r_domains == domains
+    with pytest.raises(ConfigError, match="inference_mode: false"):
+        _trainer(tmp_path, [CausalTTA()], limit_test_batches=2).test(module, data)
+    before = _tensors(module)
+    tta = CausalTTA(update=True, entropy_margin=10.0, plpd_threshold=-1.0)
+    _trainer(tmp_path, [tta], limit_test_batches=3, inference_mode=False).test(module, data)
+    assert tta.adapted_batches > 0 and tta.resets >= 1
+    assert all(torch.equal(before[k], v) for k, v in _tensors(module).items())  # source weights untouched
+    scores = module.evaluation.result("test").predictions["score"]
+    assert scores.between(0, 1).all()
