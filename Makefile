@@ -40,7 +40,8 @@ demo: install $(SYNTH)/manifest.csv prepare-demo ## synth → prepare → valida
 	$(BIN)/mammopath validate-manifest $(SYNTH)/manifest.csv --root $(SYNTH) --holdout hospital_c centre_3
 	$(BIN)/mammopath fit $(DEMO)
 	$(BIN)/mammopath test $(DEMO) --ckpt_path runs/demo/checkpoints/best.ckpt
-	@echo "results: results/demo/ (metrics_by_domain.md, lodo_summary.md, roc.png); logs: make tensorboard"
+	$(BIN)/mammopath predict $(DEMO) --config experiments/explain/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+	@echo "results: results/demo/ (metrics_by_domain.md, lodo_summary.md, alignment.md, roc.png, attention/); logs: make tensorboard"
 
 test: install ## fast test suite (CPU, < 10 min)
 	$(BIN)/python -m pytest -q

@@ -80,6 +80,8 @@ def apply_run_layout(config: Namespace, subcommand: str) -> str | None:
             _set(entry.init_args, "dirpath", str(run_dir / "checkpoints"), name)
         elif name == "AlignmentMonitor":
             _set(entry.init_args, "out_dir", str(results_dir / run_id), name)
+        elif name == "AttentionMapWriter":
+            _set(entry.init_args, "out_dir", str(results_dir / run_id / "attention"), name)
         elif name == "ResultsWriter":
             _set(entry.init_args, "out_dir", str(results_dir / run_id), name)
             if entry.init_args.get("title") in (None, "Test results"):

@@ -23,10 +23,10 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "modality",
     "dataset",
     "domain",
-    "split",
     "path",
 )
 OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "split",  # empty: a row to predict only (new data without a split or labels)
     "label",
     "grade",
     "grade_scheme",

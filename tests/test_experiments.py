@@ -34,7 +34,7 @@ def callback_names(config: dict) -> list[str]:
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=[str(p.relative_to(REPO / "experiments")) for p in EXPERIMENTS])
 def test_experiment_yaml_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a fold, a method or an encoder alone is an overlay: it parses composed after the base and a data config
-    overlay = config.parent.name in ("lodo", "baselines", "encoders", "strategies")
+    overlay = config.parent.name in ("lodo", "baselines", "encoders", "strategies", "explain")
     if config.name == "demo.yaml":  # the demo is the synthetic benchmark plus alignment
         printed = resolved(capsys, REPO / "experiments" / "synth.yaml", config)
     else:

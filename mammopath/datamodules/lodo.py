@@ -285,11 +285,14 @@ class LodoDataModule(L.LightningDataModule):
             rows = df[(df["split"] == stage) & ~held].assign(role="source")
             return rows.sort_values("domain", kind="stable", ignore_index=True)
         source = df[(df["split"] == "test") & ~held].assign(role="source")
-        rows = pd.concat([source, df[held].assign(role="heldout")], ignore_index=True)
+        parts = [source, df[held].assign(role="heldout")]
+        if stage == "predict":  # new data without a split (and usually without labels) is predicted too
+            parts.append(df[(df["split"] == "") & ~held].assign(role="source"))
+        rows = pd.concat(parts, ignore_index=True)
         return rows.sort_values("domain", kind="stable", ignore_index=True)  # evaluation batches: one domain each
 
     def setup(self, stage: str | None = None) -> None:
-        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for split in stages.get(stage or "fit", ("train", "val", "test")):
             self.datasets[split] = {}
             for modality in self.modalities:
@@ -352,7 +355,7 @@ class LodoDataModule(L.LightningDataModule):
         return [self._loader(self.datasets["test"][m], train=False) for m in self.modalities]
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return self.test_dataloader()
+        return [self._loader(self.datasets["predict"][m], train=False) for m in self.modalities]
 
     def roles(self, split: str, modality: str) -> dict[str, str]:
         """sample_id → role (``source``/``heldout``) of one evaluation loader."""

@@ -51,7 +51,7 @@ class PathoStyle:
 class SynthConfig:
     """Sizes of the default synthetic benchmark (small enough for `make demo` on 2 CPU cores)."""
 
-    mammo_patients_per_domain: int = 60  # training + validation patients per hospital (75/25)
+    mammo_patients_per_domain: int = 150  # training + validation patients per hospital (75/25)
     mammo_test_patients: int = 150  # test patients per hospital: a source-test AUROC to about ±0.05
     mammo_shape: tuple[int, int] = (160, 128)
     mammo_label_noise: float = 0.3  # P(the mass looks malignant != the label)
