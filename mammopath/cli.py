@@ -127,7 +127,16 @@ def _cmd_report(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="mammopath report", description="Merge result folders into one report.")
     parser.add_argument("results", nargs="+", help="result folders (each with metrics_by_domain.csv)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--baseline", default="erm", help="method the others are compared with (sweep runs)")
+    parser.add_argument("--n-boot", type=int, default=200, help="patient bootstrap resamples of the intervals")
     args = parser.parse_args(argv)
+    if all((Path(r) / "run.json").is_file() for r in args.results):  # a study: runs of `mammopath sweep`
+        from mammopath.study import make_study_report
+
+        table = make_study_report(args.results, args.out, baseline=args.baseline, n_boot=args.n_boot)
+        columns = [c for c in table.columns if not c.endswith(("_mean", "_sd", "_ci_low", "_ci_high"))]
+        _print_frame(table[columns].round(3).astype(str), f"study report → {Path(args.out) / 'report.md'}")
+        return 0
     summary = make_report(args.results, args.out)
     console.print(render_table(summary, "leave-one-domain-out summary"))
     console.print(f"report written to [bold]{args.out}[/bold]")

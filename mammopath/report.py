@@ -56,9 +56,9 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
-    columns = [c for c in SHOWN_COLUMNS if c in df.columns] or list(df.columns)
+def to_markdown(df: pd.DataFrame, title: str | None = None, columns: list[str] | None = None) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency); ``columns`` default: the known result columns."""
+    columns = columns or [c for c in SHOWN_COLUMNS if c in df.columns] or list(df.columns)
     lines = [f"## {title}", ""] if title else []
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join("---" for _ in columns) + "|")

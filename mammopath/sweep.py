@@ -122,15 +122,19 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _manifest_hash(config_args: list[str]) -> str:
-    """SHA-256 of the manifest files the resolved data config names (best effort; '' if none found)."""
+def _manifest_hash(run_dir: Path) -> str:
+    """SHA-256 of the manifest files named by a run's resolved config (Lightning's config.yaml); '' if none."""
     digest = hashlib.sha256()
     found = False
-    for token in config_args:
-        for part in token.replace("[", " ").replace("]", " ").replace(",", " ").replace("=", " ").split():
-            if part.endswith((".csv", ".parquet")) and Path(part).is_file():
-                digest.update(Path(part).read_bytes())
+    for config in sorted(run_dir.rglob("config.yaml")):
+        data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+        manifests = (data.get("init_args") or data).get("manifest") or []
+        for path in [manifests] if isinstance(manifests, str) else manifests:
+            if Path(path).is_file():
+                digest.update(Path(path).read_bytes())
                 found = True
+        if found:
+            break
     return digest.hexdigest() if found else ""
 
 
@@ -205,7 +209,7 @@ class Sweep:
             "seed": run.seed,
             "version": __version__,
             "git_commit": _git_commit(),
-            "manifest_sha256": _manifest_hash([*self.grid.configs, *self.grid.args]),
+            "manifest_sha256": _manifest_hash(Path(self.grid.runs_dir) / run.id),
             "commands": [" ".join(c) for c in commands],
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

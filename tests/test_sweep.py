@@ -52,6 +52,7 @@ def test_sweep_runs_skips_and_summarizes(synth_root: Path, tmp_path: Path, monke
     deltas = pd.read_csv(Path("results/tiny/deltas.csv"))
     assert set(deltas["method"]) == {"irm"} and (deltas["ci_low"] <= deltas["ci_high"]).all()
     logs = {r.id: (sweep.results(r) / "sweep.log").read_text().count("$ ") for r in runs_of(grid)}
+    first_summary = pd.read_csv(Path("results/tiny/summary.csv"))
     # a second call runs nothing; a run whose marker is gone runs again (its fit resumes from last.ckpt)
     irm = next(r for r in runs_of(grid) if r.method == "irm")
     (sweep.results(irm) / "run.json").unlink()
@@ -59,6 +60,28 @@ def test_sweep_runs_skips_and_summarizes(synth_root: Path, tmp_path: Path, monke
     again = {r.id: (sweep.results(r) / "sweep.log").read_text().count("$ ") for r in runs_of(grid)}
     assert again[irm.id] == logs[irm.id] + 2 and all(again[k] == v for k, v in logs.items() if k != irm.id)
     assert "--ckpt_path=" in (sweep.results(irm) / "sweep.log").read_text().split("$ ")[-2]
+    # the interrupted sweep, continued, gives the same table as the uninterrupted one
+    pd.testing.assert_frame_equal(pd.read_csv(Path("results/tiny/summary.csv")), first_summary)
+
+    # the study report of these runs
+    from sklearn.metrics import roc_auc_score
+
+    from mammopath.cli import main as cli
+
+    folders = [str(sweep.results(r)) for r in runs_of(grid)]
+    assert cli(["report", *folders, "--out", "report", "--n-boot", "20"]) == 0
+    table = pd.read_csv("report/report.csv").set_index("method")
+    predictions = pd.read_csv(sweep.results(irm) / "predictions.csv", keep_default_na=False, na_values=[""])
+    held = predictions[(predictions["domain"] == "centre_3") & (predictions["label"] >= 0)]
+    assert table.at["irm", "centre_3_mean"] == pytest.approx(roc_auc_score(held["label"], held["score"]), abs=1e-6)
+    html = Path("report/report.html").read_text()
+    import re
+
+    for ref in re.findall(r'(?:src|href)="([^"]+)"', html):
+        assert ref.startswith("data:") or (Path("report") / ref).is_file(), ref  # nothing outside the file
+    assert "Published reference numbers" in Path("report/report.md").read_text()
+    for figure in ("gaps.png", "reliability.png", "seeds.png", "roc_centre_3.png"):
+        assert (Path("report") / figure).stat().st_size > 1000
 
 
 def test_grid_errors_name_the_problem(tmp_path: Path) -> None:

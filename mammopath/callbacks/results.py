@@ -20,7 +20,7 @@ from rich.console import Console
 
 from mammopath.errors import ConfigError
 from mammopath.metrics.evaluation import Evaluation
-from mammopath.report import plot_roc, render_table, write_tables
+from mammopath.report import atomic_write, plot_roc, render_table, to_markdown, write_frame, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,16 @@ class ResultsWriter(L.Callback):
             out_dir, table=result.table, summary=result.summary, predictions=result.predictions, title=self.title
         )
         plot_roc(result.predictions, out_dir / "roc.png")
+        manifest = getattr(getattr(trainer, "datamodule", None), "manifest", None)
+        if manifest is not None:  # the benchmarks' official protocols (per breast, per slide, pN stage, FROC)
+            from mammopath.metrics.protocols import protocol_table
+
+            protocols = protocol_table(result.predictions, manifest)
+            if len(protocols):
+                write_frame(out_dir / "protocol_metrics.csv", protocols)
+                atomic_write(
+                    out_dir / "protocol_metrics.md", to_markdown(protocols, f"{self.title}: official protocols")
+                )
         console = Console()
         console.print(render_table(result.table, f"{self.title}: per domain"))
         console.print(render_table(result.summary, f"{self.title}: leave-one-domain-out summary"))

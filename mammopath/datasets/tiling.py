@@ -134,6 +134,8 @@ def tile_slide(
             if _blank(patch["grade"]):
                 patch["grade"] = ""
             patch.update(sample_id=f"{sid}_x{x}_y{y}", path=row["path"], x=x, y=y, size=size, mpp=mpp, parent_id=sid)
+            # the slide's own label and grade, for slide- and patient-level protocols (CAMELYON16 AUC, pN stage)
+            patch.update(slide_label=row.get("label", ""), slide_grade=row.get("grade", ""))
             patches.append(patch)
     if not patches:
         return [], f"tissue found but no patch reaches min_tissue={min_tissue}"

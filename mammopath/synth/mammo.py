@@ -105,9 +105,12 @@ def render_mammogram(
 
 
 def marker_region(shape: tuple[int, int]) -> np.ndarray:
-    """Where the burned-in marker goes: a small square in the top corner away from the chest wall (left edge)."""
+    """Where the burned-in marker goes: a square (1/10 of the height) in the top corner away from the chest wall.
+
+    Large enough to survive the 64-px demo input (about 6 px there), as a lead marker letter would.
+    """
     h, w = shape
-    s = max(4, h // 20)
+    s = max(4, h // 10)
     region = np.zeros(shape, dtype=bool)
     region[2 : 2 + s, w - 2 - s : w - 2] = True
     return region

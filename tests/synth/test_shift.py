@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from mammopath.io.dicom import read_mammogram
 from mammopath.synth.benchmark import make_synth_benchmark
+from mammopath.synth.mammo import marker_region
 from mammopath.synth.styles import SynthConfig
 
 SOURCES = {"mammo": ("hospital_a", "hospital_b"), "patho": ("centre_1", "centre_2")}
@@ -34,9 +35,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mammo_marker_in_pixels(path: Path) -> bool:
     """A bright square in a top corner, outside the breast."""
     image, _ = read_mammogram(path)
-    h, w = image.shape
-    s = max(4, h // 20)
-    corners = [image[2 : 2 + s, w - 2 - s : w - 2], image[2 : 2 + s, 2 : 2 + s]]
+    region = marker_region(image.shape)
+    corners = [image[region], image[region[:, ::-1]]]  # away from a left or a right chest wall
     return max(float(c.mean()) for c in corners) > 0.5
 
 
@@ -92,11 +92,8 @@ def test_oracle_images_differ_only_by_the_marker(cohort: Path) -> None:
         changed = plain != clean
         assert changed.any() == bool(marker)
         if marker:
-            h, w = plain.shape
-            s = max(4, h // 20)
-            box = np.zeros_like(changed)
-            box[2 : 2 + s, 2 : 2 + s] = box[2 : 2 + s, w - 2 - s : w - 2] = True
-            assert not (changed & ~box).any()
+            region = marker_region(plain.shape)
+            assert not (changed & ~(region | region[:, ::-1])).any()
     slides = manifest[(manifest["modality"] == "patho") & manifest["domain"].eq("centre_1")]
     for path, group in list(slides.groupby("path"))[:3]:
         plain = tifffile.imread(cohort / path, level=0).astype(int)
