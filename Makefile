@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SYNTH := data/synth
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo prepare-demo test test-all lint format bench reproduce reproduce-demo tensorboard clean
+.PHONY: help install demo prepare-demo test test-all lint format bench reproduce reproduce-demo lodo report tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -61,21 +61,33 @@ format: install ## apply ruff fixes and formatting
 bench: install ## benchmarks: ratios against the raw libraries doing the same work
 	$(BIN)/python -m bench
 
-reproduce-demo: demo ## the demo, then a report with figures in results/report-demo
-	$(BIN)/mammopath report results/demo --out results/report-demo
+reproduce-demo: install $(SYNTH)/manifest.csv ## the reproduction sweep on the synthetic benchmark (< 60 min on 2 cores) and its report
+	$(BIN)/mammopath sweep experiments/sweeps/reproduce_demo.yaml
+	$(BIN)/mammopath report results/reproduce-demo/*/*/seed* --out results/reproduce-demo
 
 DATA_ROOT ?= data/raw
 PUBLIC := --config experiments/base.yaml --config experiments/benchmarks/public.yaml
+HELDOUT ?= inbreast
+METHOD ?= erm
+SEED ?= 0
 
-reproduce: install ## every LODO fold of experiments/lodo on the public releases under DATA_ROOT (docs/reproduction.md)
+reproduce: install ## every LODO fold x method x seed on the public releases under DATA_ROOT, then the report
 	@test -d "$(DATA_ROOT)" || (echo "put the releases under DATA_ROOT=$(DATA_ROOT) first (docs/reproduction.md)"; exit 2)
-	@for cfg in experiments/lodo/*.yaml; do \
-		fold=$$(basename $$cfg .yaml); \
-		$(BIN)/mammopath fit $(PUBLIC) --config $$cfg --data.init_args.data_root=$(DATA_ROOT) || exit 1; \
-		$(BIN)/mammopath test $(PUBLIC) --config $$cfg --data.init_args.data_root=$(DATA_ROOT) \
-			--ckpt_path runs/lodo_$${fold#holdout_}/checkpoints/best.ckpt || exit 1; \
-	done
-	$(BIN)/mammopath report results/lodo_* --out results/report
+	$(BIN)/mammopath sweep experiments/sweeps/public.yaml --extra=--data.init_args.data_root=$(DATA_ROOT)
+	$(BIN)/mammopath report results/reproduce/*/*/seed* --out results/reproduce
+
+lodo: install ## one fold on the public releases: make lodo HELDOUT=<domain> METHOD=<name> SEED=<n> DATA_ROOT=...
+	$(BIN)/mammopath fit $(PUBLIC) --config experiments/baselines/$(METHOD).yaml --data.init_args.data_root=$(DATA_ROOT) \
+		--data.init_args.holdout_domains=[$(HELDOUT)] --run_name=lodo/$(HELDOUT) --method=$(METHOD)/seed$(SEED) --seed_everything=$(SEED)
+	$(BIN)/mammopath test $(PUBLIC) --config experiments/baselines/$(METHOD).yaml --data.init_args.data_root=$(DATA_ROOT) \
+		--data.init_args.holdout_domains=[$(HELDOUT)] --run_name=lodo/$(HELDOUT) --method=$(METHOD)/seed$(SEED) --seed_everything=$(SEED) \
+		--ckpt_path=runs/lodo/$(HELDOUT)/$(METHOD)/seed$(SEED)/checkpoints/best.ckpt
+
+REPORT_RUNS ?= results/reproduce-demo/*/*/seed*
+REPORT_OUT ?= results/reproduce-demo
+
+report: install ## the study report of REPORT_RUNS (default: the reproduce-demo sweep) into REPORT_OUT
+	$(BIN)/mammopath report $(REPORT_RUNS) --out $(REPORT_OUT)
 
 tensorboard: install ## TensorBoard on runs/
 	$(BIN)/tensorboard --logdir runs

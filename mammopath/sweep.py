@@ -360,8 +360,59 @@ def write_summary(grid: Grid, n_boot: int = 1000) -> tuple[pd.DataFrame, pd.Data
     return summary, deltas
 
 
+SBATCH = """#!/bin/bash
+#SBATCH --job-name=mammopath-{name}-{part}
+#SBATCH --array=0-{last}
+#SBATCH --output={logs}/%x-%A_%a.out
+{extra}
+# Written by `mammopath sweep {grid} --launcher slurm`: one array task per run of the grid ({part} runs).
+# Each task runs `mammopath sweep --run-index`, which skips a finished run, so resubmitting is safe.
+cd {cwd}
+srun {python} -m mammopath sweep {grid} --run-index "${{INDICES[$SLURM_ARRAY_TASK_ID]}}"
+"""
+
+
+def write_slurm(grid_path: str, grid: Grid, sbatch_args: Sequence[str] = ()) -> list[Path]:
+    """sbatch job-array scripts: the training runs, then the test-only runs (which need their checkpoints)."""
+    runs = runs_of(grid)
+    out = Path(grid.results_dir) / grid.name
+    out.mkdir(parents=True, exist_ok=True)
+    scripts = []
+    for part, keep in (
+        ("train", lambda r: r.method not in grid.test_only),
+        ("test_only", lambda r: r.method in grid.test_only),
+    ):
+        indices = [i for i, r in enumerate(runs) if keep(r)]
+        if not indices:
+            continue
+        body = SBATCH.format(
+            name=grid.name, part=part, last=len(indices) - 1, logs=out, grid=grid_path, cwd=Path.cwd(),
+            python=sys.executable, extra="\n".join(f"#SBATCH {a}" for a in sbatch_args),
+        )  # fmt: skip
+        body = body.replace("cd ", f"INDICES=({' '.join(map(str, indices))})\ncd ", 1)
+        path = out / f"sweep_{part}.sbatch"
+        path.write_text(body)
+        scripts.append(path)
+    return scripts
+
+
+def submit_slurm(scripts: list[Path]) -> list[str]:
+    """Submit the scripts with sbatch (the test-only array after the training array); [] when sbatch is absent."""
+    import shutil
+
+    if shutil.which("sbatch") is None:
+        return []
+    job_ids: list[str] = []
+    for script in scripts:
+        args = ["sbatch", "--parsable"]
+        if job_ids:
+            args.append(f"--dependency=afterok:{job_ids[-1]}")
+        job_ids.append(subprocess.run([*args, str(script)], capture_output=True, text=True, check=True).stdout.strip())
+    return job_ids
+
+
 def main(argv: Sequence[str]) -> int:
-    """``mammopath sweep GRID.yaml [--summary-only] [--dry-run] [--n-boot N]``."""
+    """``mammopath sweep GRID.yaml [--launcher local|slurm] [--run-index I] [--summary-only] [--dry-run]``."""
     from mammopath.cli import _print_frame, console
 
     parser = argparse.ArgumentParser(prog="mammopath sweep", description="Run a methods x folds x seeds grid.")
@@ -369,9 +420,34 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their state, run nothing")
     parser.add_argument("--summary-only", action="store_true", help="only (re)write the summary of finished runs")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the paired deltas")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local", help="run here, or submit to SLURM")
+    parser.add_argument("--sbatch", action="append", default=[], help="an extra #SBATCH line, e.g. '--gres=gpu:1'")
+    parser.add_argument("--run-index", type=int, default=None, help="run only this run of the grid (array tasks)")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="an extra argument of every run, e.g. '--extra=--data.init_args.data_root=/data'",
+    )
+    parser.add_argument("--runs-dir", default="runs", help="TensorBoard logs and checkpoints")
+    parser.add_argument("--results-dir", default="results", help="result tables")
     args = parser.parse_args(argv)
     grid = Grid.load(args.grid)
+    grid.runs_dir, grid.results_dir = args.runs_dir, args.results_dir
+    grid.args = [*grid.args, *args.extra]
     sweep = Sweep(grid)
+    if args.run_index is not None:
+        run = runs_of(grid)[args.run_index]
+        if not sweep.done(run):
+            sweep.execute(run)
+        return 0
+    if args.launcher == "slurm":
+        scripts = write_slurm(args.grid, grid, args.sbatch)
+        jobs = submit_slurm(scripts)
+        for script in scripts:
+            console.print(f"wrote {script}")
+        console.print(f"submitted jobs {jobs}" if jobs else "sbatch not found: submit the scripts yourself (in order)")
+        return 0
     if args.dry_run:
         frame = pd.DataFrame([{"run": r.id, "done": sweep.done(r)} for r in runs_of(grid)])
         _print_frame(frame.astype(str), f"sweep {grid.name}: {int(frame['done'].sum())}/{len(frame)} done")

@@ -92,5 +92,30 @@ def test_grid_errors_name_the_problem(tmp_path: Path) -> None:
     bad.write_text("name: x\n")
     with pytest.raises(ConfigError, match="lacks"):
         Grid.load(bad)
+    for path in sorted((REPO / "experiments/sweeps").glob("*.yaml")):  # every shipped grid loads
+        loaded = Grid.load(path)
+        assert loaded.baseline in loaded.methods, path
     grid = Grid.load(REPO / "experiments/sweeps/dg_synth.yaml")
     assert len(runs_of(grid)) == 21 and grid.baseline == "erm" and grid.test_only["full_tent"] == "full"
+
+
+def test_slurm_launcher_writes_job_arrays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    monkeypatch.chdir(REPO)  # the grid's config paths are relative to the repository
+    grid_path = "experiments/sweeps/dg_synth.yaml"
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no scheduler here: scripts only
+    assert (
+        main([grid_path, "--launcher", "slurm", "--sbatch=--gres=gpu:1", f"--results-dir={tmp_path / 'results'}"]) == 0
+    )
+    train = (tmp_path / "results/dg_synth/sweep_train.sbatch").read_text()
+    test_only = (tmp_path / "results/dg_synth/sweep_test_only.sbatch").read_text()
+    runs = runs_of(Grid.load(REPO / grid_path))
+    n_train = sum(r.method not in ("full_tent", "full_causal_tta") for r in runs)
+    assert f"#SBATCH --array=0-{n_train - 1}" in train and "#SBATCH --gres=gpu:1" in train
+    assert f"#SBATCH --array=0-{len(runs) - n_train - 1}" in test_only
+    assert "--run-index" in train and "sweep" in train and train.startswith("#!/bin/bash")
+    indices = train.split("INDICES=(")[1].split(")")[0].split()
+    assert [runs[int(i)].method for i in indices] == [
+        r.method for r in runs if r.method not in ("full_tent", "full_causal_tta")
+    ]
