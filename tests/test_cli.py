@@ -92,4 +92,7 @@ def test_checkpoint_is_weights_only_loadable(synth_root: Path, tmp_path: Path) -
     model = MammoPathModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     restored = dict(model.state_dict())
     for key, value in state["state_dict"].items():
-        assert torch.equal(restored[key], value), key
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(restored[key], value), key
+        else:  # a module's extra state (the style bank's domain names): plain values, restored as written
+            assert restored[key] == value, key

@@ -134,6 +134,7 @@ def tile_slide(
             if _blank(patch["grade"]):
                 patch["grade"] = ""
             patch.update(sample_id=f"{sid}_x{x}_y{y}", path=row["path"], x=x, y=y, size=size, mpp=mpp, parent_id=sid)
+            patch["slide_mpp"] = level0_mpp  # resolved from the file when the manifest left it blank (extent, FROC)
             # the slide's own label and grade, for slide- and patient-level protocols (CAMELYON16 AUC, pN stage)
             patch.update(slide_label=row.get("label", ""), slide_grade=row.get("grade", ""))
             patches.append(patch)

@@ -184,8 +184,8 @@ class MammoPathModule(L.LightningModule):
         depth = len(self.encoder.blocks)
         if style_layer is None:  # the second block, or the first of a 2-block test model
             style_layer = max(0, min(1, depth - 2))
-        if not 0 <= style_layer < depth - 1:
-            raise ConfigError(f"style_layer must be an early block, 0..{depth - 2}; got {style_layer}")
+        if not 0 <= style_layer < depth:
+            raise ConfigError(f"style_layer must be a block index, 0..{depth - 1}; got {style_layer}")
         self.style_bank = TokenStyleBank(self.encoder.modalities, style_bank_size, self.encoder.embed_dim, style_layer)
         self.alignment = alignment
         self.label_map = LabelMap.parse(align_label_map)

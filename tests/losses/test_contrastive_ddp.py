@@ -59,6 +59,7 @@ def _worker(rank: int, world: int, port: int, split: dict[int, tuple[slice, slic
             torch.distributed.all_reduce(grad)
             grad /= world
         torch.save({"loss": loss, "grads": grads}, Path(out) / f"rank{rank}.pt")
+        torch.distributed.barrier()  # no rank tears gloo down while the other still has work in flight
     finally:
         torch.distributed.destroy_process_group()
 
