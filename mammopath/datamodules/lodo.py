@@ -29,6 +29,7 @@ import pandas as pd
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
+from mammopath.datamodules.samplers import SlideGroupedSampler, distributed_context, global_seed
 from mammopath.datasets.manifest_dataset import ManifestDataset
 from mammopath.errors import ConfigError
 from mammopath.manifest import COLUMNS, GRADE_SCHEMES, load_manifest, num_grades, validate_manifest
@@ -73,6 +74,10 @@ class LodoDataModule(L.LightningDataModule):
         slide_cache_size: open slides kept per worker.
         normalization: per modality ``{"mean": [...], "std": [...]}``; default: the sources' own (benchmark
             datamodules carry theirs), else :data:`DEFAULT_NORMALIZATION`. Linked into the model.
+        group_by_slide: train with :class:`~mammopath.datamodules.samplers.SlideGroupedSampler` (patches of one
+            slide drawn in runs, runs shuffled: each worker's slide cache serves a run from one open handle).
+        slide_group_size: longest run of one slide's patches with ``group_by_slide`` (None: the whole slide).
+        pin_memory: page-locked batches for faster host-to-GPU copies (None: on when training on CUDA).
     """
 
     def __init__(
@@ -90,8 +95,12 @@ class LodoDataModule(L.LightningDataModule):
         check_files: bool = True,
         slide_cache_size: int = 16,
         normalization: dict[str, dict[str, list[float]]] | None = None,
+        group_by_slide: bool = False,
+        slide_group_size: int | None = None,
+        pin_memory: bool | None = None,
     ):
         super().__init__()
+        self.group_by_slide, self.slide_group_size, self.pin_memory = group_by_slide, slide_group_size, pin_memory
         #: datamodules whose rows join this one, per modality (only a composition has any)
         self.children: dict[str, list[LodoDataModule]] = {"mammo": [], "patho": []}
         self.holdout_domains = list(holdout_domains or [])
@@ -280,14 +289,27 @@ class LodoDataModule(L.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, dataset: ManifestDataset, *, train: bool) -> DataLoader:
+        sampler = None
+        if train and self.group_by_slide:
+            replicas, rank = distributed_context(self.trainer)
+            sampler = SlideGroupedSampler(
+                dataset.slide_keys(), self.slide_group_size, num_replicas=replicas, rank=rank, seed=global_seed()
+            )
+        pin = self.pin_memory
+        if pin is None:  # page-locked host memory only pays off for copies to a GPU
+            from lightning.pytorch.accelerators import CUDAAccelerator
+
+            pin = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             multiprocessing_context=self.multiprocessing_context,
+            pin_memory=pin,
         )
 
     def train_dataloader(self) -> CombinedLoader:

@@ -47,8 +47,14 @@ def _polygons(path: str, pid: int) -> list[Any]:
 
 
 def _resize(array: np.ndarray, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """(H, W[, C]) array → (C, h, w) float tensor resized with antialiasing (area for masks)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
+    """(H, W[, C]) array → (C, h, w) float tensor resized with antialiasing (area for masks).
+
+    uint8 input (RGB patches, photos) is scaled to [0, 1] on the way (``x / 255`` in float32, one pass).
+    """
+    if not array.flags.writeable:  # e.g. a PIL image's buffer: torch wants memory it may own
+        array = np.array(array)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
     tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     if tuple(tensor.shape[-2:]) == tuple(size):
         return tensor
@@ -101,6 +107,13 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
+    def slide_keys(self) -> list[str]:
+        """The slide file of every slide-patch row (its own sample id for other rows), for grouping samplers."""
+        return [
+            f"{row.get('_root') or self.root}/{row['path']}" if not pd.isna(row.get("x")) else f"#{row['sample_id']}"
+            for row in self._records
+        ]
+
     # -- modality readers ------------------------------------------------------------------------
     def _root(self, row: dict[str, Any]) -> Path:
         """The data root of a row (rows of composed manifests carry their own in ``_root``)."""
@@ -141,7 +154,7 @@ class ManifestDataset(Dataset):
         if pd.isna(row.get("x")):
             from mammopath.io.microscopy import read_microscopy
 
-            return read_microscopy(path).astype(np.float32) / 255.0, None, {}
+            return read_microscopy(path), None, {}
         slide_mpp = row.get("slide_mpp")
         slide = self.slides.get(path, None if slide_mpp is None or pd.isna(slide_mpp) else float(slide_mpp))
         size = int(row["size"])
@@ -159,7 +172,7 @@ class ManifestDataset(Dataset):
 
             polygons = _polygons(str(self._root(row) / row["roi_path"]), os.getpid())
             mask = rasterize(polygons, (size, size), downsample=downsample, origin=location)
-        return region.astype(np.float32) / 255.0, mask, {}
+        return region, mask, {}  # uint8: scaled to [0, 1] by _resize in one pass
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row: dict[str, Any] = self._records[index]  # type: ignore[assignment]

@@ -142,11 +142,12 @@ class SlideReader:
         w, h = int(size[0]), int(size[1])
         ds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
-        out = np.full((h, w, 3), self.pad_value, dtype=np.uint8)
+        out = np.empty((h, w, 3), dtype=np.uint8)
         lx, ly = int(math.floor(x0 / ds)), int(math.floor(y0 / ds))
         ix0, iy0 = max(lx, 0), max(ly, 0)
         ix1, iy1 = min(lx + w, lw), min(ly + h, lh)
         if ix1 <= ix0 or iy1 <= iy0:
+            out.fill(self.pad_value)
             return out
         read_loc = (int(round(ix0 * ds)), int(round(iy0 * ds)))
         try:
@@ -163,6 +164,9 @@ class SlideReader:
         if region.ndim == 2:
             region = np.repeat(region[..., None], 3, axis=2)
         region = region[..., :3].astype(np.uint8, copy=False)
+        if region.shape == out.shape:  # inside the slide: the region is the patch, no padded copy
+            return region if region.flags.writeable and region.flags.c_contiguous else np.array(region)
+        out.fill(self.pad_value)
         rh, rw = min(region.shape[0], iy1 - iy0), min(region.shape[1], ix1 - ix0)
         out[iy0 - ly : iy0 - ly + rh, ix0 - lx : ix0 - lx + rw] = region[:rh, :rw]
         return out
