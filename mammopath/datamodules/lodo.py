@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from mammopath.datamodules.samplers import SlideGroupedSampler, distributed_context, global_seed
 from mammopath.datasets.manifest_dataset import ManifestDataset
 from mammopath.errors import ConfigError
+from mammopath.io.location import Location
 from mammopath.manifest import COLUMNS, GRADE_SCHEMES, load_manifest, num_grades, validate_manifest
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Source:
 
     name: str
     manifest: Path
-    root: Path
+    root: Location  # a local folder or an fsspec URL (mammopath.io.location)
     modality: str | None = None  # keep only this modality's rows (None: all)
 
 
@@ -78,6 +79,7 @@ class LodoDataModule(L.LightningDataModule):
             slide drawn in runs, runs shuffled: each worker's slide cache serves a run from one open handle).
         slide_group_size: longest run of one slide's patches with ``group_by_slide`` (None: the whole slide).
         pin_memory: page-locked batches for faster host-to-GPU copies (None: on when training on CUDA).
+        storage_options: fsspec options (credentials, block size...) for slides under a URL data root.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class LodoDataModule(L.LightningDataModule):
         group_by_slide: bool = False,
         slide_group_size: int | None = None,
         pin_memory: bool | None = None,
+        storage_options: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.group_by_slide, self.slide_group_size, self.pin_memory = group_by_slide, slide_group_size, pin_memory
@@ -118,6 +121,7 @@ class LodoDataModule(L.LightningDataModule):
             "canonical_side": canonical_side,
             "crop_breast": crop_breast,
             "slide_cache_size": slide_cache_size,
+            "storage_options": storage_options,
         }
         self.augment = augment
         self.check_files = check_files

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from mammopath.errors import ConfigError, DataFormatError
 from mammopath.io.dicom import canonical_laterality, crop_breast, read_mammogram, read_roi_mask
+from mammopath.io.location import Location, as_location, display, is_url, join, local_copy
 from mammopath.io.slide import SlideCache
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,11 @@ class ManifestDataset(Dataset):
         crop_breast: crop mammograms to the breast bounding box before resizing.
         augment: random flips / 90° rotations (pathology) and vertical flips (mammography).
         slide_cache_size: open slides kept per process.
+        seed: kept for configuration compatibility (augmentations use torch's per-worker generator).
+        storage_options: fsspec options for slides under a URL root (:mod:`mammopath.io.location`).
+
+    The root may be an fsspec URL: slide patches are then read in place (range requests) and annotation files
+    copied once to a local cache; mammograms and microscopy photos need a local root.
     """
 
     def __init__(
@@ -91,9 +97,11 @@ class ManifestDataset(Dataset):
         augment: bool = False,
         slide_cache_size: int = 16,
         seed: int = 0,
+        storage_options: dict[str, Any] | None = None,
     ):
         self.rows = manifest.reset_index(drop=True)
-        self.root = Path(root)
+        self.root = as_location(root)
+        self.storage_options = storage_options
         self.image_size: tuple[int, int] = (
             (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
         )
@@ -101,7 +109,7 @@ class ManifestDataset(Dataset):
         self.crop_breast = crop_breast
         self.augment = augment
         self.seed = seed
-        self.slides = SlideCache(slide_cache_size)
+        self.slides = SlideCache(slide_cache_size, storage_options)
         self._records = self.rows.to_dict("records")
 
     def __len__(self) -> int:
@@ -115,15 +123,29 @@ class ManifestDataset(Dataset):
         ]
 
     # -- modality readers ------------------------------------------------------------------------
-    def _root(self, row: dict[str, Any]) -> Path:
+    def _root(self, row: dict[str, Any]) -> Location:
         """The data root of a row (rows of composed manifests carry their own in ``_root``)."""
-        return Path(row["_root"]) if row.get("_root") else self.root
+        return as_location(row["_root"]) if row.get("_root") else self.root
+
+    def _local_root(self, row: dict[str, Any], what: str) -> Path:
+        root = self._root(row)
+        if is_url(root):
+            raise ConfigError(
+                f"row {row['sample_id']}: {what} are read from local files only, and the data root is the URL "
+                f"{display(root)}; remote roots serve slide patches (stage the {what} locally, or mount the bucket)"
+            )
+        return Path(root)
+
+    def _annotation(self, row: dict[str, Any]) -> str:
+        """A local path of the row's annotation file (a cached copy when the root is a URL)."""
+        return str(local_copy(join(self._root(row), row["roi_path"]), self.storage_options))
 
     def _mammo(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-        image, meta = read_mammogram(self._root(row) / row["path"])
+        root = self._local_root(row, "mammograms")
+        image, meta = read_mammogram(root / row["path"])
         mask = None
         if row.get("roi_path"):
-            roi = self._root(row) / row["roi_path"]
+            roi = root / row["roi_path"]
             if roi.suffix.lower() == ".xml":
                 from mammopath.io.masks import rasterize
 
@@ -150,11 +172,11 @@ class ManifestDataset(Dataset):
         return image, mask, {"laterality": laterality, "view": row.get("view") or meta["view"] or ""}
 
     def _patho(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-        path = self._root(row) / row["path"]
         if pd.isna(row.get("x")):
             from mammopath.io.microscopy import read_microscopy
 
-            return read_microscopy(path), None, {}
+            return read_microscopy(self._local_root(row, "microscopy photos") / row["path"]), None, {}
+        path = join(self._root(row), row["path"])
         slide_mpp = row.get("slide_mpp")
         slide = self.slides.get(path, None if slide_mpp is None or pd.isna(slide_mpp) else float(slide_mpp))
         size = int(row["size"])
@@ -170,7 +192,7 @@ class ManifestDataset(Dataset):
         if row.get("roi_path"):
             from mammopath.io.masks import rasterize
 
-            polygons = _polygons(str(self._root(row) / row["roi_path"]), os.getpid())
+            polygons = _polygons(self._annotation(row), os.getpid())
             mask = rasterize(polygons, (size, size), downsample=downsample, origin=location)
         return region, mask, {}  # uint8: scaled to [0, 1] by _resize in one pass
 
