@@ -34,7 +34,7 @@ def callback_names(config: dict) -> list[str]:
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=[str(p.relative_to(REPO / "experiments")) for p in EXPERIMENTS])
 def test_experiment_yaml_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a fold or a method alone is an overlay: it parses composed after the base and a data config
-    overlay = config.parent.name in ("lodo", "baselines")
+    overlay = config.parent.name in ("lodo", "baselines", "strategies")
     printed = resolved(capsys, BASE, PUBLIC, config) if overlay else resolved(capsys, config)
     assert printed["model"]["backbone"] and printed["data"]["class_path"].startswith("mammopath.datamodules")
 

@@ -20,6 +20,7 @@ normalization comes from the datamodule (linked by the CLI) and is saved in ever
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ import lightning as L
 import pandas as pd
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
@@ -40,6 +42,11 @@ from mammopath.models.heads import ClassificationHead, GradingHead, Localization
 from mammopath.models.outputs import eval_step_output, predict_step_output
 
 log = logging.getLogger(__name__)
+# Evaluation metrics are computed from predictions gathered from every rank, so every rank logs the same value and
+# Lightning's advice to all-reduce epoch-level logs (`sync_dist=True`) does not apply to them.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('(val|test)/.*sync_dist=True", category=PossibleUserWarning
+)
 
 #: fn(module, batch, outputs, stage) -> outputs: replaces the forward dict an evaluation step records
 PredictionTransform = Callable[["MammoPathModule", dict[str, Any], dict[str, Tensor], str], dict[str, Tensor]]
@@ -73,6 +80,10 @@ class MammoPathModule(L.LightningModule):
         adapter_kwargs: adapter options (bottleneck, scale, rank...).
         freeze: ``adapters`` (frozen backbone), ``last_k`` or ``full``.
         trainable_blocks: blocks left trainable with ``freeze=last_k``.
+        drop_path_rate: stochastic depth of the backbone.
+        grad_checkpointing: activation checkpointing of the encoder blocks (less memory, more compute;
+            :mod:`mammopath.models.scaling`).
+        compile_encoder: ``torch.compile`` the encoder's ``forward_features`` (``True`` or compile options).
         grade_schemes: grade scheme → number of levels (linked from the datamodule).
         grading_method: ``corn`` or ``coral``.
         localization_pooling: ``topk`` or ``attention`` MIL pooling of patch scores.
@@ -98,6 +109,8 @@ class MammoPathModule(L.LightningModule):
         freeze: str = "adapters",
         trainable_blocks: int = 0,
         drop_path_rate: float = 0.0,
+        grad_checkpointing: bool = False,
+        compile_encoder: bool | dict[str, Any] = False,
         grade_schemes: dict[str, int] | None = None,
         grading_method: str = "corn",
         localization_pooling: str = "topk",
@@ -123,6 +136,8 @@ class MammoPathModule(L.LightningModule):
             freeze=freeze,
             trainable_blocks=trainable_blocks,
             drop_path_rate=drop_path_rate,
+            grad_checkpointing=grad_checkpointing,
+            compile=compile_encoder,
         )
         dim = self.encoder.embed_dim
         self.grade_schemes = dict(grade_schemes or {})
