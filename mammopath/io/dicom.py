@@ -122,14 +122,45 @@ def infer_laterality(image: np.ndarray) -> str:
     return "L" if float(image[:, :half].sum()) >= float(image[:, half:].sum()) else "R"
 
 
+#: Uncompressed transfer syntaxes whose pixel bytes are the little-endian stored values as they are.
+_NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _native_view(ds: pydicom.Dataset, syntax: str) -> np.ndarray | None:
+    """The stored values of a single-frame greyscale native little-endian image, as a view on the file's bytes.
+
+    This is what pydicom's native decoder returns for such data (``np.frombuffer`` of the Pixel Data bytes in the
+    dtype of BitsAllocated and PixelRepresentation, reshaped), without its generic per-call setup, which costs
+    more than the pixels. None for anything else (compressed, big endian, multi-frame, colour, 1-bit, odd
+    lengths...), which then goes through pydicom itself.
+    """
+    if syntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+        return None
+    allocated = ds.get("BitsAllocated")
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    frames = ds.get("NumberOfFrames", 1)
+    if allocated not in (8, 16) or not rows or not cols or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    if frames not in (None, "", 1, "1"):
+        return None
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    data = ds.PixelData
+    expected = int(rows) * int(cols) * dtype.itemsize
+    if not isinstance(data, bytes | bytearray) or len(data) not in (expected, expected + 1):  # +1: even padding
+        return None
+    return np.frombuffer(data, dtype=dtype, count=int(rows) * int(cols)).reshape(int(rows), int(cols))
+
+
 def _stored_values(ds: pydicom.Dataset, syntax: str) -> tuple[np.ndarray, bool]:
     """The stored pixel values exactly as ``ds.pixel_array`` decodes them, without its copies of native data.
 
     For uncompressed little-endian data pydicom's default decode copies the pixel bytes into a writeable array and,
     when BitsStored < BitsAllocated, shifts every value left and right to clear the unused high bits (PS3.5 8.1.1).
-    Here the decode is a read-only view on the file's bytes (every later step writes a new array) and the unused
-    bits are cleared only when some value has one set (one max pass; a mask for unsigned data, pydicom's own shifts
-    for signed data), which gives the same values. Compressed data goes through pydicom's default decode.
+    Here the decode is a read-only view on the file's bytes (:func:`_native_view`, or pydicom's own
+    ``view_only`` decode; every later step writes a new array) and the unused bits are cleared only when some value
+    has one set (one max pass; a mask for unsigned data, pydicom's own shifts for signed data), which gives the
+    same values. Compressed data goes through pydicom's default decode.
 
     Returns:
         ``(values, in_range)``: ``in_range`` says the values are known to lie within the BitsStored range.
@@ -139,8 +170,10 @@ def _stored_values(ds: pydicom.Dataset, syntax: str) -> tuple[np.ndarray, bool]:
     bits = int(ds.get("BitsStored", allocated) or allocated)
     if uid.is_compressed or not uid.is_little_endian:
         return ds.pixel_array, True  # pydicom corrects unused bits itself (correct_unused_bits defaults to True)
-    ds.pixel_array_options(view_only=True, correct_unused_bits=False)
-    arr = ds.pixel_array
+    arr = _native_view(ds, syntax)
+    if arr is None:
+        ds.pixel_array_options(view_only=True, correct_unused_bits=False)
+        arr = ds.pixel_array
     if arr.dtype.kind not in "iu" or bits >= allocated or arr.size == 0:
         return arr, True
     shift = allocated - bits

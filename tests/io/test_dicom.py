@@ -179,6 +179,9 @@ def test_fast_native_path_equals_pydicom_decode(
     ds.PixelRepresentation = int(signed)
     ds.ImageLaterality = "L"
     ds.save_as(tmp_path / "f.dcm", enforce_file_format=True)
+    from mammopath.io.dicom import _native_view
+
+    assert _native_view(pydicom.dcmread(tmp_path / "f.dcm"), ds.file_meta.TransferSyntaxUID) is not None  # fast path
     with caplog.at_level("DEBUG", logger="pydicom"):
         image, meta = read_mammogram(tmp_path / "f.dcm")
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # no "cannot return a view" warning
