@@ -234,6 +234,7 @@ def per_domain_table(
     return table.astype({c: "int64" for c in COUNT_COLUMNS}).reset_index(drop=True)
 
 
+_FEW_DOMAINS = 64
 #: The binary point metrics of :func:`binary_metrics` that the per-domain tables report.
 POINT_METRICS = ("auroc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec", "ece")
 
@@ -250,9 +251,10 @@ def domain_point_metrics(
     """Binary point metrics (no bootstrap) of every domain, straight from per-sample arrays or tensors.
 
     The values of the binary columns of :func:`per_domain_table` (each domain's :func:`binary_metrics`), for
-    evaluation sets too large for a frame per domain: one stable sort of the domain codes (a radix sort for up to
-    32,767 domains) groups the samples, and each domain's scores are gathered once and scored from one ROC curve.
-    Memory beyond the inputs is one index per sample plus one domain's working arrays.
+    evaluation sets too large for a frame per domain: each domain's samples are found with one comparison pass over
+    the domain codes (a stable radix sort of the codes instead beyond 64 domains), gathered once and scored from
+    one ROC curve. Memory beyond the inputs is one domain's working arrays (plus one index per sample with the
+    sort).
 
     Args:
         scores: (N,) probabilities of the positive class.
@@ -277,11 +279,13 @@ def domain_point_metrics(
         names, inverse = np.unique(d, return_inverse=True)
         codes = inverse.astype(np.int16 if names.size < 2**15 else np.int64)
     counts = np.bincount(codes) if codes.size else np.zeros(0, dtype=np.int64)
-    order = np.argsort(codes, kind="stable")
+    present = np.flatnonzero(counts)
+    # few domains: one comparison pass each (no index of all samples); many: one stable sort
+    order = np.argsort(codes, kind="stable") if present.size > _FEW_DOMAINS else None
     stops = np.cumsum(counts)
     rows = []
-    for code in np.flatnonzero(counts):
-        idx = order[stops[code] - counts[code] : stops[code]]
+    for code in present:
+        idx = np.flatnonzero(codes == code) if order is None else order[stops[code] - counts[code] : stops[code]]
         metrics = binary_metrics(s[idx], y[idx], threshold=threshold, specificity=specificity, n_bins=n_bins)
         name = names[code] if names is not None else int(code)
         rows.append(

@@ -175,5 +175,14 @@ def test_domain_point_metrics_equal_the_per_domain_table() -> None:
         for metric in POINT_METRICS:
             assert row[metric] == pytest.approx(expected[metric], abs=0, nan_ok=True), metric
             assert by_code.loc[i, metric] == pytest.approx(expected[metric], abs=0, nan_ok=True), metric
+    import mammopath.metrics.domain as domain_module
+
+    sorted_path = pytest.MonkeyPatch()
+    sorted_path.setattr(domain_module, "_FEW_DOMAINS", 0)  # the sort used beyond 64 domains gives the same table
+    try:
+        by_sort = domain_point_metrics(df["score"], df["label"], codes, threshold=0.4, specificity=0.8)
+    finally:
+        sorted_path.undo()
+    pd.testing.assert_frame_equal(by_sort, by_code)
     with pytest.raises(ConfigError, match="differ in length"):
         domain_point_metrics([0.1, 0.2], [0, 1], [0])
