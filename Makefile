@@ -55,7 +55,7 @@ format: install ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix mammopath tests bench
 	$(BIN)/ruff format mammopath tests bench
 
-bench: install ## benchmarks: ratios against the raw libraries doing the same work
+bench: install ## benchmarks: ratios against the raw libraries doing the same work (docs/performance.md)
 	$(BIN)/python -m bench
 
 reproduce-demo: demo ## the demo, then a report with figures in results/report-demo

@@ -122,3 +122,23 @@ def test_datamodule_option_groups_train_patches_by_slide(synth_root: Path, monke
     for _ in plain.train_dataloader():
         pass
     assert len(opened) > 2 * len(slides)  # a uniform shuffle reopens slides all the time with a cache of one
+
+
+def test_pinned_memory_only_when_training_on_cuda(synth_root: Path) -> None:
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    from mammopath.datamodules.crossmodal import CrossModalDataModule
+
+    pinned = {}
+    cases = [
+        ("cuda", CUDAAccelerator(), None),
+        ("cpu", CPUAccelerator(), None),
+        ("forced", CPUAccelerator(), True),
+        ("off", CUDAAccelerator(), False),
+    ]
+    for name, accelerator, option in cases:
+        dm = CrossModalDataModule(str(synth_root / "manifest.csv"), image_size=16, batch_size=4, pin_memory=option)
+        dm.trainer = SimpleNamespace(world_size=1, global_rank=0, accelerator=accelerator)  # type: ignore[assignment]
+        dm.setup("fit")
+        pinned[name] = {loader.pin_memory for loader in dm.train_dataloader().iterables.values()}
+    assert pinned == {"cuda": {True}, "cpu": {False}, "forced": {True}, "off": {False}}
