@@ -47,21 +47,23 @@ def _polygons(path: str, pid: int) -> list[Any]:
     raise DataFormatError(path, "unknown annotation format (expected ASAP, ImageScope or INbreast plist XML)")
 
 
-def _resize(array: np.ndarray, size: tuple[int, int], mode: str) -> torch.Tensor:
+def _resize(array: np.ndarray, size: tuple[int, int], mode: str, clamp: bool = False) -> torch.Tensor:
     """(H, W[, C]) array → (C, h, w) float tensor resized with antialiasing (area for masks).
 
     uint8 input (RGB patches, photos) is scaled to [0, 1] on the way (``x / 255`` in float32, one pass).
+    ``clamp`` keeps a resized image in [0, 1] (input of the right size is returned as it is: already in range).
     """
     if not array.flags.writeable:  # e.g. a PIL image's buffer: torch wants memory it may own
         array = np.array(array)
     tensor = torch.from_numpy(np.ascontiguousarray(array))
-    tensor = tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
+    tensor = torch.div(tensor, 255.0) if tensor.dtype == torch.uint8 else tensor.float()
     tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     if tuple(tensor.shape[-2:]) == tuple(size):
         return tensor
     if mode == "area":
         return F.interpolate(tensor[None], size=size, mode="area")[0]
-    return F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    resized = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return resized.clamp_(0.0, 1.0) if clamp else resized
 
 
 def _int_or(value: Any, default: int = -1) -> int:
@@ -205,7 +207,7 @@ class ManifestDataset(Dataset):
             image, mask, extra = self._patho(row)
         else:  # validated manifests never get here
             raise ConfigError(f"row {index}: unknown modality {modality!r}")
-        image_t = _resize(image, self.image_size, "bilinear").clamp_(0.0, 1.0)
+        image_t = _resize(image, self.image_size, "bilinear", clamp=True)
         has_mask = mask is not None
         if mask is not None:
             mask_t = _resize(mask.astype(np.float32), self.image_size, "area")[0]
