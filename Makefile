@@ -58,7 +58,7 @@ format: install ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix mammopath tests bench
 	$(BIN)/ruff format mammopath tests bench
 
-bench: install ## benchmarks: ratios against the raw libraries doing the same work
+bench: install ## benchmarks: ratios against the raw libraries doing the same work (docs/performance.md)
 	$(BIN)/python -m bench
 
 reproduce-demo: install $(SYNTH)/manifest.csv ## the reproduction sweep on the synthetic benchmark (< 60 min on 2 cores) and its report

@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 
 from mammopath.errors import ManifestError
+from mammopath.io import location
+from mammopath.io.location import Location, as_location, is_url
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "sample_id",
@@ -144,7 +146,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def _path_problem(value: str, root: Path | None) -> str | None:
+def _path_problem(value: str, root: Location | None) -> str | None:
     """Why a manifest path is unsafe, or ``None`` when it stays inside the data root."""
     if "\x00" in value:
         return "contains a NUL character"
@@ -155,7 +157,8 @@ def _path_problem(value: str, root: Path | None) -> str | None:
         return "is absolute; manifest paths must be relative to the data root"
     if ".." in posix.parts:
         return "contains '..' and may escape the data root"
-    if root is not None:
+    if root is not None and not is_url(root):  # (object stores have no symbolic links)
+        root = Path(root)
         resolved_root = root.resolve()
         target = (root / value).resolve()
         if target != resolved_root and resolved_root not in target.parents:
@@ -214,7 +217,16 @@ def validate_manifest(
             df[column] = ""
     for column in COLUMNS:
         df[column] = [_as_text(v) for v in df[column].tolist()]
-    root_path = Path(root) if root is not None else None
+    root_path = as_location(root) if root is not None else None
+    remote_files: dict[str, bool] = {}
+
+    def file_missing(value: str) -> bool:
+        assert root_path is not None
+        if not is_url(root_path):
+            return not (Path(root_path) / value).exists()
+        if value not in remote_files:  # one metadata request per distinct file (patch rows share their slide)
+            remote_files[value] = location.exists(location.join(root_path, value))
+        return not remote_files[value]
 
     for column in REQUIRED_COLUMNS:
         for i in df.index[df[column] == ""]:
@@ -242,7 +254,7 @@ def validate_manifest(
             reason = _path_problem(value, root_path)
             if reason:
                 problems.append((int(i) + 1, "path", f"path {reason}"))
-            elif check_files and root_path is not None and not (root_path / value).exists():
+            elif check_files and root_path is not None and file_missing(value):
                 problems.append((int(i) + 1, "path", "file not found under the data root"))
     for i, value in df["roi_path"].items():
         if value:

@@ -19,6 +19,7 @@ from typing import Any
 
 from mammopath.datamodules.lodo import DEFAULT_NORMALIZATION, LodoDataModule, Source
 from mammopath.errors import ConfigError
+from mammopath.io.location import Location, as_location, is_url
 from mammopath.manifest import read_manifest
 
 
@@ -60,14 +61,14 @@ class CrossModalDataModule(LodoDataModule):
                 f"data.root has {len(roots)} entries for {len(paths)} manifests: give one root per manifest"
             )
         self.manifest_paths = paths
-        self.roots = [Path(r) if r else p.parent for r, p in zip(roots, paths, strict=True)]
+        self.roots: list[Location] = [as_location(r) if r else p.parent for r, p in zip(roots, paths, strict=True)]
         self.children = {"mammo": list(mammo or []), "patho": list(patho or [])}
         self.data_root = Path(data_root) if data_root else None
         if self.data_root is not None:
             self.rebase(self.data_root)
 
     def rebase(self, data_root: Path) -> None:
-        self.roots = [r if r.is_absolute() else data_root / r for r in self.roots]
+        self.roots = [r if is_url(r) or Path(r).is_absolute() else data_root / r for r in self.roots]
         self.manifest_paths = [p if p.is_absolute() else data_root / p for p in self.manifest_paths]
         super().rebase(data_root)
 

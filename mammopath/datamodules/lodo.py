@@ -29,8 +29,10 @@ import pandas as pd
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, SequentialSampler
 
+from mammopath.datamodules.samplers import SlideGroupedSampler, distributed_context, global_seed
 from mammopath.datasets.manifest_dataset import ManifestDataset
 from mammopath.errors import ConfigError
+from mammopath.io.location import Location
 from mammopath.manifest import COLUMNS, GRADE_SCHEMES, load_manifest, num_grades, validate_manifest
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class Source:
 
     name: str
     manifest: Path
-    root: Path
+    root: Location  # a local folder or an fsspec URL (mammopath.io.location)
     modality: str | None = None  # keep only this modality's rows (None: all)
 
 
@@ -80,6 +82,11 @@ class LodoDataModule(L.LightningDataModule):
         balance_domains: training batches cycle through the (source domain, class) strata of each modality
             (:class:`~mammopath.datamodules.samplers.DomainBalancedSampler`; composes with paired sampling),
             as cross-domain MixStyle and IRM need.
+        group_by_slide: train with :class:`~mammopath.datamodules.samplers.SlideGroupedSampler` (patches of one
+            slide drawn in runs, runs shuffled: each worker's slide cache serves a run from one open handle).
+        slide_group_size: longest run of one slide's patches with ``group_by_slide`` (None: the whole slide).
+        pin_memory: page-locked batches for faster host-to-GPU copies (None: on when training on CUDA).
+        storage_options: fsspec options (credentials, block size...) for slides under a URL data root.
     """
 
     def __init__(
@@ -100,12 +107,17 @@ class LodoDataModule(L.LightningDataModule):
         paired_sampling: str = "auto",
         paired_per_batch: int = 4,
         balance_domains: bool = False,
+        group_by_slide: bool = False,
+        slide_group_size: int | None = None,
+        pin_memory: bool | None = None,
+        storage_options: dict[str, Any] | None = None,
     ):
         super().__init__()
         if paired_sampling not in ("auto", "off"):
             raise ConfigError(f"data.paired_sampling must be 'auto' or 'off'; got {paired_sampling!r}")
         self.paired_sampling, self.paired_per_batch = paired_sampling, paired_per_batch
         self.balance_domains = balance_domains
+        self.group_by_slide, self.slide_group_size, self.pin_memory = group_by_slide, slide_group_size, pin_memory
         #: datamodules whose rows join this one, per modality (only a composition has any)
         self.children: dict[str, list[LodoDataModule]] = {"mammo": [], "patho": []}
         self.holdout_domains = list(holdout_domains or [])
@@ -123,6 +135,7 @@ class LodoDataModule(L.LightningDataModule):
             "canonical_side": canonical_side,
             "crop_breast": crop_breast,
             "slide_cache_size": slide_cache_size,
+            "storage_options": storage_options,
         }
         self.augment = augment
         self.check_files = check_files
@@ -324,10 +337,22 @@ class LodoDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "persistent_workers": self.num_workers > 0,
             "multiprocessing_context": self.multiprocessing_context,
+            "pin_memory": self.pinned(),
         }
         if train:
+            sampler = None
+            if self.group_by_slide:
+                replicas, rank = distributed_context(self.trainer)
+                sampler = SlideGroupedSampler(
+                    dataset.slide_keys(), self.slide_group_size, num_replicas=replicas, rank=rank, seed=global_seed()
+                )
             return DataLoader(
-                dataset, batch_size=self.batch_size, shuffle=True, drop_last=len(dataset) > self.batch_size, **workers
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=sampler is None,
+                sampler=sampler,
+                drop_last=len(dataset) > self.batch_size,
+                **workers,
             )
         from mammopath.datamodules.samplers import DomainGroupedBatchSampler
 
@@ -335,6 +360,14 @@ class LodoDataModule(L.LightningDataModule):
             SequentialSampler(dataset), self.eval_batch_size, drop_last=False, domains=list(dataset.rows["domain"])
         )
         return DataLoader(dataset, batch_sampler=batches, **workers)
+
+    def pinned(self) -> bool:
+        """Page-locked batches: ``pin_memory`` if set, else on when training on CUDA (copies to a GPU)."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        from lightning.pytorch.accelerators import CUDAAccelerator
+
+        return self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
 
     def paired_patients(self) -> list[str]:
         """Training patients with samples of every loaded modality (true cross-modal pairs)."""

@@ -4,7 +4,8 @@
   :class:`~mammopath.datamodules.pairing.PairedSampler` per modality (lockstep), its unpaired places
   filled domain-balanced when ``balance_domains`` is on;
 - else ``balance_domains`` → one :class:`~mammopath.datamodules.samplers.DomainBalancedSampler` per modality;
-- else a shuffled loader per modality (Lightning shards it under DDP).
+- else a shuffled loader per modality (Lightning shards it under DDP), or slide-grouped runs of patches
+  (:class:`~mammopath.datamodules.samplers.SlideGroupedSampler`) with ``group_by_slide``.
 
 Seeds come from Lightning's ``seed_everything`` (``PL_GLOBAL_SEED``); world size and rank from the trainer.
 """
@@ -45,6 +46,7 @@ def _loader(dm: LodoDataModule, dataset: ManifestDataset, sampler: Sampler[Any])
         num_workers=dm.num_workers,
         persistent_workers=dm.num_workers > 0,
         multiprocessing_context=dm.multiprocessing_context,
+        pin_memory=dm.pinned(),
     )
 
 
@@ -56,6 +58,8 @@ def train_loaders(dm: LodoDataModule) -> dict[str, DataLoader]:
     patients = dm.paired_patients() if dm.paired_sampling == "auto" else []
     if not patients and not dm.balance_domains:
         return {m: dm._loader(d, train=True) for m, d in datasets.items()}
+    if dm.group_by_slide:
+        log.warning("group_by_slide is ignored: paired or domain-balanced sampling decides the training order")
     for modality, dataset in datasets.items():
         if dm.balance_domains and len({domain for domain, _ in strata(dataset)}) < 2:
             log.warning("%s: one source domain in training: domain-balanced batches balance classes only", modality)

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from mammopath.errors import ConfigError, DataFormatError
 from mammopath.io.dicom import canonical_laterality, crop_breast, read_mammogram, read_roi_mask
+from mammopath.io.location import Location, as_location, display, is_url, join, local_copy
 from mammopath.io.slide import SlideCache
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,23 @@ def _polygons(path: str, pid: int) -> list[Any]:
     raise DataFormatError(path, "unknown annotation format (expected ASAP, ImageScope or INbreast plist XML)")
 
 
-def _resize(array: np.ndarray, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """(H, W[, C]) array → (C, h, w) float tensor resized with antialiasing (area for masks)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
+def _resize(array: np.ndarray, size: tuple[int, int], mode: str, clamp: bool = False) -> torch.Tensor:
+    """(H, W[, C]) array → (C, h, w) float tensor resized with antialiasing (area for masks).
+
+    uint8 input (RGB patches, photos) is scaled to [0, 1] on the way (``x / 255`` in float32, one pass).
+    ``clamp`` keeps a resized image in [0, 1] (input of the right size is returned as it is: already in range).
+    """
+    if not array.flags.writeable:  # e.g. a PIL image's buffer: torch wants memory it may own
+        array = np.array(array)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = torch.div(tensor, 255.0) if tensor.dtype == torch.uint8 else tensor.float()
     tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     if tuple(tensor.shape[-2:]) == tuple(size):
         return tensor
     if mode == "area":
         return F.interpolate(tensor[None], size=size, mode="area")[0]
-    return F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    resized = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return resized.clamp_(0.0, 1.0) if clamp else resized
 
 
 def _int_or(value: Any, default: int = -1) -> int:
@@ -74,6 +83,11 @@ class ManifestDataset(Dataset):
         crop_breast: crop mammograms to the breast bounding box before resizing.
         augment: random flips / 90° rotations (pathology) and vertical flips (mammography).
         slide_cache_size: open slides kept per process.
+        seed: kept for configuration compatibility (augmentations use torch's per-worker generator).
+        storage_options: fsspec options for slides under a URL root (:mod:`mammopath.io.location`).
+
+    The root may be an fsspec URL: slide patches are then read in place (range requests) and annotation files
+    copied once to a local cache; mammograms and microscopy photos need a local root.
     """
 
     def __init__(
@@ -87,9 +101,11 @@ class ManifestDataset(Dataset):
         augment: bool = False,
         slide_cache_size: int = 16,
         seed: int = 0,
+        storage_options: dict[str, Any] | None = None,
     ):
         self.rows = manifest.reset_index(drop=True)
-        self.root = Path(root)
+        self.root = as_location(root)
+        self.storage_options = storage_options
         self.image_size: tuple[int, int] = (
             (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
         )
@@ -97,22 +113,43 @@ class ManifestDataset(Dataset):
         self.crop_breast = crop_breast
         self.augment = augment
         self.seed = seed
-        self.slides = SlideCache(slide_cache_size)
+        self.slides = SlideCache(slide_cache_size, storage_options)
         self._records = self.rows.to_dict("records")
 
     def __len__(self) -> int:
         return len(self._records)
 
+    def slide_keys(self) -> list[str]:
+        """The slide file of every slide-patch row (its own sample id for other rows), for grouping samplers."""
+        return [
+            f"{row.get('_root') or self.root}/{row['path']}" if not pd.isna(row.get("x")) else f"#{row['sample_id']}"
+            for row in self._records
+        ]
+
     # -- modality readers ------------------------------------------------------------------------
-    def _root(self, row: dict[str, Any]) -> Path:
+    def _root(self, row: dict[str, Any]) -> Location:
         """The data root of a row (rows of composed manifests carry their own in ``_root``)."""
-        return Path(row["_root"]) if row.get("_root") else self.root
+        return as_location(row["_root"]) if row.get("_root") else self.root
+
+    def _local_root(self, row: dict[str, Any], what: str) -> Path:
+        root = self._root(row)
+        if is_url(root):
+            raise ConfigError(
+                f"row {row['sample_id']}: {what} are read from local files only, and the data root is the URL "
+                f"{display(root)}; remote roots serve slide patches (stage the {what} locally, or mount the bucket)"
+            )
+        return Path(root)
+
+    def _annotation(self, row: dict[str, Any]) -> str:
+        """A local path of the row's annotation file (a cached copy when the root is a URL)."""
+        return str(local_copy(join(self._root(row), row["roi_path"]), self.storage_options))
 
     def _mammo(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-        image, meta = read_mammogram(self._root(row) / row["path"])
+        root = self._local_root(row, "mammograms")
+        image, meta = read_mammogram(root / row["path"])
         mask = None
         if row.get("roi_path"):
-            roi = self._root(row) / row["roi_path"]
+            roi = root / row["roi_path"]
             if roi.suffix.lower() == ".xml":
                 from mammopath.io.masks import rasterize
 
@@ -139,11 +176,11 @@ class ManifestDataset(Dataset):
         return image, mask, {"laterality": laterality, "view": row.get("view") or meta["view"] or ""}
 
     def _patho(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-        path = self._root(row) / row["path"]
         if pd.isna(row.get("x")):
             from mammopath.io.microscopy import read_microscopy
 
-            return read_microscopy(path).astype(np.float32) / 255.0, None, {}
+            return read_microscopy(self._local_root(row, "microscopy photos") / row["path"]), None, {}
+        path = join(self._root(row), row["path"])
         slide_mpp = row.get("slide_mpp")
         slide = self.slides.get(path, None if slide_mpp is None or pd.isna(slide_mpp) else float(slide_mpp))
         size = int(row["size"])
@@ -159,9 +196,9 @@ class ManifestDataset(Dataset):
         if row.get("roi_path"):
             from mammopath.io.masks import rasterize
 
-            polygons = _polygons(str(self._root(row) / row["roi_path"]), os.getpid())
+            polygons = _polygons(self._annotation(row), os.getpid())
             mask = rasterize(polygons, (size, size), downsample=downsample, origin=location)
-        return region.astype(np.float32) / 255.0, mask, {}
+        return region, mask, {}  # uint8: scaled to [0, 1] by _resize in one pass
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row: dict[str, Any] = self._records[index]  # type: ignore[assignment]
@@ -172,7 +209,7 @@ class ManifestDataset(Dataset):
             image, mask, extra = self._patho(row)
         else:  # validated manifests never get here
             raise ConfigError(f"row {index}: unknown modality {modality!r}")
-        image_t = _resize(image, self.image_size, "bilinear").clamp_(0.0, 1.0)
+        image_t = _resize(image, self.image_size, "bilinear", clamp=True)
         has_mask = mask is not None
         if mask is not None:
             mask_t = _resize(mask.astype(np.float32), self.image_size, "area")[0]

@@ -122,6 +122,100 @@ def infer_laterality(image: np.ndarray) -> str:
     return "L" if float(image[:, :half].sum()) >= float(image[:, half:].sum()) else "R"
 
 
+#: Uncompressed transfer syntaxes whose pixel bytes are the little-endian stored values as they are.
+_NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _native_view(ds: pydicom.Dataset, syntax: str) -> np.ndarray | None:
+    """The stored values of a single-frame greyscale native little-endian image, as a view on the file's bytes.
+
+    This is what pydicom's native decoder returns for such data (``np.frombuffer`` of the Pixel Data bytes in the
+    dtype of BitsAllocated and PixelRepresentation, reshaped), without its generic per-call setup, which costs
+    more than the pixels. None for anything else (compressed, big endian, multi-frame, colour, 1-bit, odd
+    lengths...), which then goes through pydicom itself.
+    """
+    if syntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+        return None
+    allocated = ds.get("BitsAllocated")
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    frames = ds.get("NumberOfFrames", 1)
+    if allocated not in (8, 16) or not rows or not cols or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    if frames not in (None, "", 1, "1"):
+        return None
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    data = ds.PixelData
+    expected = int(rows) * int(cols) * dtype.itemsize
+    if not isinstance(data, bytes | bytearray) or len(data) not in (expected, expected + 1):  # +1: even padding
+        return None
+    return np.frombuffer(data, dtype=dtype, count=int(rows) * int(cols)).reshape(int(rows), int(cols))
+
+
+def _stored_values(ds: pydicom.Dataset, syntax: str) -> tuple[np.ndarray, bool]:
+    """The stored pixel values exactly as ``ds.pixel_array`` decodes them, without its copies of native data.
+
+    For uncompressed little-endian data pydicom's default decode copies the pixel bytes into a writeable array and,
+    when BitsStored < BitsAllocated, shifts every value left and right to clear the unused high bits (PS3.5 8.1.1).
+    Here the decode is a read-only view on the file's bytes (:func:`_native_view`, or pydicom's own
+    ``view_only`` decode; every later step writes a new array) and the unused bits are cleared only when some value
+    has one set (one max pass; a mask for unsigned data, pydicom's own shifts for signed data), which gives the
+    same values. Compressed data goes through pydicom's default decode.
+
+    Returns:
+        ``(values, in_range)``: ``in_range`` says the values are known to lie within the BitsStored range.
+    """
+    uid = UID(syntax)
+    allocated = int(ds.get("BitsAllocated", 16) or 16)
+    bits = int(ds.get("BitsStored", allocated) or allocated)
+    if uid.is_compressed or not uid.is_little_endian:
+        return ds.pixel_array, True  # pydicom corrects unused bits itself (correct_unused_bits defaults to True)
+    arr = _native_view(ds, syntax)
+    if arr is None:
+        ds.pixel_array_options(view_only=True, correct_unused_bits=False)
+        arr = ds.pixel_array
+    if arr.dtype.kind not in "iu" or bits >= allocated or arr.size == 0:
+        return arr, True
+    shift = allocated - bits
+    if arr.dtype.kind == "u":
+        top = (1 << bits) - 1
+        if int(arr.max()) > top:
+            arr = np.bitwise_and(arr, arr.dtype.type(top))
+        return arr, True
+    arr = arr.copy()
+    np.left_shift(arr, shift, out=arr)
+    np.right_shift(arr, shift, out=arr)
+    return arr, True
+
+
+def _to_unit_range(arr: np.ndarray, lo: float, hi: float, *, in_range: bool = False) -> np.ndarray:
+    """``clip((arr - lo) / (hi - lo), 0, 1)`` in the float type of ``arr`` (float32 for integers), in few passes.
+
+    Integer input (stored values without a LUT: the common case) is converted, shifted and scaled in one pass
+    straight into a new float32 array; the clip pass is skipped when it is a no-op: every value within ``[lo, hi]``
+    (``in_range``, or checked) and ``hi`` itself mapping to at most 1 (rounding is monotonic, so nothing else can
+    exceed 1). The values are those of ``(float32(arr) - float32(lo)) * float32(1 / (hi - lo))`` then clipped, bit
+    for bit.
+    """
+    if arr.dtype.kind not in "iu":  # float input (after a LUT): the arithmetic in its own precision
+        image = arr - np.asarray(lo, dtype=arr.dtype)
+        image *= np.asarray(1.0 / max(hi - lo, 1e-12), dtype=arr.dtype)
+        return np.clip(image, 0.0, 1.0, out=image)
+    scale = np.float32(1.0 / max(hi - lo, 1e-12))
+    image = np.empty(arr.shape, dtype=np.float32)
+    if lo == 0.0:  # x - 0 is exact: one multiplication
+        np.multiply(arr, scale, out=image, dtype=np.float32)
+    else:
+        np.subtract(arr, np.float32(lo), out=image, dtype=np.float32)
+        image *= scale
+    if not in_range and arr.size:
+        in_range = lo <= int(arr.min()) and int(arr.max()) <= hi
+    top = (np.float32(hi) - np.float32(lo)) * scale
+    if not in_range or top > 1.0:
+        np.clip(image, 0.0, 1.0, out=image)
+    return image
+
+
 def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, dict[str, Any]]:
     """Read a mammogram DICOM as float32 in [0, 1] with tissue bright.
 
@@ -153,7 +247,7 @@ def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, 
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
     check_decoder(syntax, path)
     try:
-        stored = ds.pixel_array
+        stored, in_range = _stored_values(ds, syntax)
     except (ValueError, RuntimeError, EOFError, OSError, KeyError, AttributeError, TypeError) as exc:
         raise DicomReadError(
             path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc}); the file may be truncated"
@@ -166,14 +260,15 @@ def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, 
 
     steps: list[str] = []
     identity = float(ds.get("RescaleSlope", 1.0) or 1.0) == 1.0 and float(ds.get("RescaleIntercept", 0.0) or 0.0) == 0.0
+    arr: np.ndarray
     if ds.get("ModalityLUTSequence"):
         arr = apply_modality_lut(stored, ds).astype(np.float64)
         steps.append("modality_lut")
     elif not identity:
         arr = apply_modality_lut(stored, ds).astype(np.float64)
         steps.append("rescale")
-    else:  # the common case: no modality transform, stay in float32 (exact for <= 24-bit integers)
-        arr = stored.astype(np.float32)
+    else:  # the common case: no modality transform; integers stay integers until the one scaling pass below
+        arr = stored
 
     voi_step: str | None = None
     if voi == "auto":
@@ -182,12 +277,11 @@ def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, 
         elif "WindowCenter" in ds and "WindowWidth" in ds:
             voi_step = "window"
         if voi_step is not None:
-            arr = apply_voi_lut(arr, ds, index=0).astype(np.float64)
+            source = arr.astype(np.float32) if arr.dtype.kind in "iu" else arr  # float32 is exact for <= 24 bits
+            arr = apply_voi_lut(source, ds, index=0).astype(np.float64)
             steps.append(voi_step)
     lo, hi = _output_range(ds, voi_step)
-    image = arr - np.asarray(lo, dtype=arr.dtype)
-    image *= np.asarray(1.0 / max(hi - lo, 1e-12), dtype=arr.dtype)
-    np.clip(image, 0.0, 1.0, out=image)
+    image = _to_unit_range(arr, lo, hi, in_range=in_range and arr is stored)
 
     inverse_shape = str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
     inverted = (photometric == "MONOCHROME1") != inverse_shape
@@ -213,7 +307,7 @@ def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, 
         "steps": steps,
         "shape": tuple(int(s) for s in image.shape),
     }
-    return image.astype(np.float32), meta
+    return image.astype(np.float32, copy=False), meta
 
 
 def canonical_laterality(image: np.ndarray, laterality: str | None, side: str = "L") -> np.ndarray:

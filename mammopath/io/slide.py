@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from mammopath.errors import MissingMPPError, SlideReadError
+from mammopath.io.location import Location, as_location, display, is_url, name, slide_options
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,23 @@ class SlideReader:
     """A lazily opened slide with MPP-aware, always-exact-size region reads.
 
     Args:
-        path: the slide file (pyramidal TIFF, SVS...).
+        path: the slide file (pyramidal TIFF, SVS...): a local path or an fsspec URL (``s3://``, ``https://``...),
+            read in place with range requests (:mod:`mammopath.io.location`).
         mpp: level-0 µm/px to use when the file has no usable resolution (the manifest override).
         pad_value: fill for pixels outside the slide (white, H&E background).
+        storage_options: fsspec options for a URL (credentials, block size...); default
+            :data:`~mammopath.io.location.REMOTE_SLIDE_OPTIONS` for HTTP(S).
     """
 
-    def __init__(self, path: str | Path, mpp: float | None = None, pad_value: int = 255):
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: str | Path,
+        mpp: float | None = None,
+        pad_value: int = 255,
+        storage_options: dict[str, Any] | None = None,
+    ):
+        self.path: Location = as_location(path)
+        self.storage_options = storage_options
         self.mpp_override = float(mpp) if mpp is not None and not math.isnan(float(mpp)) else None
         self.pad_value = int(pad_value)
         self._slide: Any = None
@@ -63,13 +74,20 @@ class SlideReader:
     # -- handle management -------------------------------------------------------------------
     def _handle(self) -> Any:
         if self._slide is None or self._pid != os.getpid():
-            if not self.path.is_file():
+            remote = is_url(self.path)
+            if not remote and not Path(self.path).is_file():
                 raise SlideReadError(self.path, "slide file not found")
             try:
-                self._slide = _tiffslide().TiffSlide(self.path)
+                if remote:
+                    options = slide_options(self.path, self.storage_options)
+                    self._slide = _tiffslide().TiffSlide(str(self.path), storage_options=options)
+                else:
+                    self._slide = _tiffslide().TiffSlide(self.path)
+            except FileNotFoundError as exc:
+                raise SlideReadError(display(self.path), "slide file not found") from exc
             except Exception as exc:
                 raise SlideReadError(
-                    self.path, f"cannot open as a tiled TIFF slide ({type(exc).__name__}: {exc})"
+                    display(self.path), f"cannot open as a tiled TIFF slide ({type(exc).__name__}: {exc})"
                 ) from exc
             self._pid = os.getpid()
         return self._slide
@@ -80,7 +98,7 @@ class SlideReader:
             try:
                 self._slide.close()
             except Exception:  # pragma: no cover - closing a broken handle
-                log.debug("closing %s failed", self.path, exc_info=True)
+                log.debug("closing %s failed", display(self.path), exc_info=True)
         self._slide = None
         self._pid = None
 
@@ -106,7 +124,7 @@ class SlideReader:
             source = "vendor" if vendor != "generic-tiff" else "tiff_resolution"
             if MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
                 return mpp, source
-            log.warning("%s: ignoring implausible %s resolution %.4g µm/px", self.path.name, source, mpp)
+            log.warning("%s: ignoring implausible %s resolution %.4g µm/px", name(self.path), source, mpp)
         if self.mpp_override is not None:
             return self.mpp_override, "manifest"
         return None, None
@@ -115,7 +133,7 @@ class SlideReader:
         """The level-0 µm/px, or a :class:`MissingMPPError` that says how to supply one."""
         if self.mpp is None:
             raise MissingMPPError(
-                self.path,
+                display(self.path),
                 "no usable microns-per-pixel (no vendor property, no plausible TIFF XResolution/ResolutionUnit); "
                 "give the slide's level-0 µm/px in the manifest 'mpp' column",
             )
@@ -137,16 +155,19 @@ class SlideReader:
             (h, w, 3) uint8 RGB.
         """
         if not 0 <= level < len(self.level_dimensions):
-            raise SlideReadError(self.path, f"level {level} does not exist (slide has {len(self.level_dimensions)})")
+            raise SlideReadError(
+                display(self.path), f"level {level} does not exist (slide has {len(self.level_dimensions)})"
+            )
         x0, y0 = int(location[0]), int(location[1])
         w, h = int(size[0]), int(size[1])
         ds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
-        out = np.full((h, w, 3), self.pad_value, dtype=np.uint8)
+        out = np.empty((h, w, 3), dtype=np.uint8)
         lx, ly = int(math.floor(x0 / ds)), int(math.floor(y0 / ds))
         ix0, iy0 = max(lx, 0), max(ly, 0)
         ix1, iy1 = min(lx + w, lw), min(ly + h, lh)
         if ix1 <= ix0 or iy1 <= iy0:
+            out.fill(self.pad_value)
             return out
         read_loc = (int(round(ix0 * ds)), int(round(iy0 * ds)))
         try:
@@ -157,12 +178,15 @@ class SlideReader:
         except Exception as exc:
             self.close()  # never keep a handle whose decoder state may be poisoned (latching errors)
             raise SlideReadError(
-                self.path, f"cannot read region at level {level}, x={x0}, y={y0} ({type(exc).__name__}: {exc})"
+                display(self.path), f"cannot read region at level {level}, x={x0}, y={y0} ({type(exc).__name__}: {exc})"
             ) from exc
         region = np.asarray(region)
         if region.ndim == 2:
             region = np.repeat(region[..., None], 3, axis=2)
         region = region[..., :3].astype(np.uint8, copy=False)
+        if region.shape == out.shape:  # inside the slide: the region is the patch, no padded copy
+            return region if region.flags.writeable and region.flags.c_contiguous else np.array(region)
+        out.fill(self.pad_value)
         rh, rw = min(region.shape[0], iy1 - iy0), min(region.shape[1], ix1 - ix0)
         out[iy0 - ly : iy0 - ly + rh, ix0 - lx : ix0 - lx + rw] = region[:rh, :rw]
         return out
@@ -214,12 +238,14 @@ class SlideReader:
 
     def __repr__(self) -> str:
         levels = len(self.level_dimensions)
-        return f"SlideReader({self.path.name}, dims={self.dimensions}, levels={levels}, mpp={self.mpp})"
+        return f"SlideReader({name(self.path)}, dims={self.dimensions}, levels={levels}, mpp={self.mpp})"
 
 
-def open_slide(path: str | Path, mpp: float | None = None, pad_value: int = 255) -> SlideReader:
-    """Open a slide (see :class:`SlideReader`)."""
-    return SlideReader(path, mpp=mpp, pad_value=pad_value)
+def open_slide(
+    path: str | Path, mpp: float | None = None, pad_value: int = 255, storage_options: dict[str, Any] | None = None
+) -> SlideReader:
+    """Open a slide, local or at an fsspec URL (see :class:`SlideReader`)."""
+    return SlideReader(path, mpp=mpp, pad_value=pad_value, storage_options=storage_options)
 
 
 class SlideCache:
@@ -229,8 +255,9 @@ class SlideCache:
     worker, and pickled without any handle (datasets can hold one).
     """
 
-    def __init__(self, max_open: int = 16):
+    def __init__(self, max_open: int = 16, storage_options: dict[str, Any] | None = None):
         self.max_open = max(1, int(max_open))
+        self.storage_options = storage_options
         self._slides: OrderedDict[tuple[str, float | None], SlideReader] = OrderedDict()
         self._pid = os.getpid()
 
@@ -244,7 +271,7 @@ class SlideCache:
         if reader is not None:
             self._slides.move_to_end(key)
             return reader
-        reader = SlideReader(path, mpp=mpp)
+        reader = SlideReader(path, mpp=mpp, storage_options=self.storage_options)
         self._slides[key] = reader
         while len(self._slides) > self.max_open:
             _, old = self._slides.popitem(last=False)
@@ -262,7 +289,7 @@ class SlideCache:
         self._slides.clear()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"max_open": self.max_open}
+        return {"max_open": self.max_open, "storage_options": self.storage_options}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["max_open"])  # type: ignore[misc]
+        self.__init__(state["max_open"], state.get("storage_options"))  # type: ignore[misc]

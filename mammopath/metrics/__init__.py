@@ -15,7 +15,7 @@ from mammopath.metrics.classification import (
     sensitivity_at_specificity,
     threshold_at_specificity,
 )
-from mammopath.metrics.domain import per_domain_table, summarize_lodo
+from mammopath.metrics.domain import domain_point_metrics, per_domain_table, summarize_lodo
 from mammopath.metrics.froc import CAMELYON16_FP_RATES, FROCResult, froc
 from mammopath.metrics.localization import box_from_heatmap, iou_dice, pixel_average_precision, pointing_game
 
@@ -27,6 +27,7 @@ __all__ = [
     "bootstrap_ci",
     "box_from_heatmap",
     "domain_gap",
+    "domain_point_metrics",
     "expected_calibration_error",
     "froc",
     "iou_dice",

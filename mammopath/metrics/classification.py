@@ -33,6 +33,9 @@ from torchmetrics.functional.classification import (
     binary_specificity,
     multiclass_cohen_kappa,
 )
+from torchmetrics.functional.classification.roc import _binary_roc_compute
+from torchmetrics.functional.classification.sensitivity_specificity import _sensitivity_at_specificity
+from torchmetrics.utilities.compute import _auc_compute_without_check
 
 from mammopath.errors import ConfigError
 from mammopath.metrics._arrays import binary_inputs, check_probabilities, to_numpy
@@ -81,6 +84,24 @@ def _auroc(s: np.ndarray, y: np.ndarray) -> float:
         return NAN
     value = float(binary_auroc(_t(_unit_scores(s)), _t(y), validate_args=False))
     return min(1.0, max(0.0, value))
+
+
+def _auroc_and_sens_at_spec(s: np.ndarray, y: np.ndarray, specificity: float) -> tuple[float, float]:
+    """:func:`auroc` and :func:`sensitivity_at_specificity` from one ROC curve (one sort instead of two).
+
+    The same torchmetrics computations as ``binary_auroc`` and ``binary_sensitivity_at_specificity`` (their
+    ``*_compute`` steps on one ``_binary_roc_compute``), so the values are those of the two public calls; the
+    formatting step of those calls is a no-op here because :func:`_unit_scores` already maps scores into [0, 1]
+    (``tests/metrics/test_classification.py`` checks the equality).
+    """
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        return NAN, NAN
+    fpr, tpr, thresholds = _binary_roc_compute((_t(_unit_scores(s)), _t(y)), None)
+    area = min(1.0, max(0.0, float(_auc_compute_without_check(fpr, tpr, 1.0))))
+    target = max(0.0, specificity - _TM_SPEC_TOL)
+    sens, _ = _sensitivity_at_specificity(tpr, 1 - fpr, thresholds, target)
+    return area, float(sens)
 
 
 def _roc_points(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,13 +243,14 @@ def binary_metrics(
     sens = float(binary_recall(pred, target, validate_args=False)) if n_pos else NAN
     spec = float(binary_specificity(pred, target, validate_args=False)) if n_neg else NAN
     both = n_pos > 0 and n_neg > 0
+    area, sens_at_spec = _auroc_and_sens_at_spec(s, y, specificity)
     return {
-        "auroc": _auroc(s, y),
+        "auroc": area,
         "accuracy": float(binary_accuracy(pred, target, validate_args=False)),
         "balanced_accuracy": (sens + spec) / 2.0 if both else NAN,
         "sensitivity": sens,
         "specificity": spec,
-        "sens_at_spec": _sens_at_spec(s, y, specificity),
+        "sens_at_spec": sens_at_spec,
         "ece": expected_calibration_error(s, y, n_bins=n_bins),
         "n": n,
         "n_pos": n_pos,

@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mammopath.errors import ConfigError
+from mammopath.metrics._arrays import to_numpy
 from mammopath.metrics.classification import (
     auroc,
     binary_metrics,
@@ -230,6 +232,66 @@ def per_domain_table(
         rows.append(row)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return table.astype({c: "int64" for c in COUNT_COLUMNS}).reset_index(drop=True)
+
+
+_FEW_DOMAINS = 64
+#: The binary point metrics of :func:`binary_metrics` that the per-domain tables report.
+POINT_METRICS = ("auroc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec", "ece")
+
+
+def domain_point_metrics(
+    scores: Any,
+    labels: Any,
+    domains: Any,
+    *,
+    threshold: float = 0.5,
+    specificity: float = 0.9,
+    n_bins: int = 15,
+) -> pd.DataFrame:
+    """Binary point metrics (no bootstrap) of every domain, straight from per-sample arrays or tensors.
+
+    The values of the binary columns of :func:`per_domain_table` (each domain's :func:`binary_metrics`), for
+    evaluation sets too large for a frame per domain: each domain's samples are found with one comparison pass over
+    the domain codes (a stable radix sort of the codes instead beyond 64 domains), gathered once and scored from
+    one ROC curve. Memory beyond the inputs is one domain's working arrays (plus one index per sample with the
+    sort).
+
+    Args:
+        scores: (N,) probabilities of the positive class.
+        labels: (N,) 0/1 labels (drop unlabelled samples first).
+        domains: (N,) the domain of every sample: non-negative integer codes, or any labels (strings...).
+        threshold: operating threshold of the thresholded rates.
+        specificity: target specificity of ``sens_at_spec``.
+        n_bins: calibration bins of ``ece``.
+
+    Returns:
+        One row per domain present (sorted): ``domain``, ``n``, ``n_pos`` and :data:`POINT_METRICS`.
+    """
+    d = to_numpy(domains, name="domains").reshape(-1)
+    s = to_numpy(scores, name="scores").reshape(-1)
+    y = to_numpy(labels, name="labels").reshape(-1)
+    if not d.size == s.size == y.size:
+        raise ConfigError(f"scores, labels and domains differ in length ({s.size}, {y.size}, {d.size})")
+    names: np.ndarray | None = None
+    if d.dtype.kind in "iu" and (d.size == 0 or (d.min() >= 0 and d.max() < 2**15)):
+        codes = d.astype(np.int16, copy=False)
+    else:
+        names, inverse = np.unique(d, return_inverse=True)
+        codes = inverse.astype(np.int16 if names.size < 2**15 else np.int64)
+    counts = np.bincount(codes) if codes.size else np.zeros(0, dtype=np.int64)
+    present = np.flatnonzero(counts)
+    # few domains: one comparison pass each (no index of all samples); many: one stable sort
+    order = np.argsort(codes, kind="stable") if present.size > _FEW_DOMAINS else None
+    stops = np.cumsum(counts)
+    rows = []
+    for code in present:
+        idx = np.flatnonzero(codes == code) if order is None else order[stops[code] - counts[code] : stops[code]]
+        metrics = binary_metrics(s[idx], y[idx], threshold=threshold, specificity=specificity, n_bins=n_bins)
+        name = names[code] if names is not None else int(code)
+        rows.append(
+            {"domain": name, "n": metrics["n"], "n_pos": metrics["n_pos"], **{m: metrics[m] for m in POINT_METRICS}}
+        )
+    return pd.DataFrame(rows, columns=["domain", "n", "n_pos", *POINT_METRICS])
 
 
 def summarize_lodo(table: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from mammopath.errors import ConfigError
 from mammopath.models.adapters import ADAPTER_KINDS, inject_adapters, use_modality
 from mammopath.models.presets import POOLINGS, get_preset
+from mammopath.models.scaling import compiled, set_block_checkpointing
 from mammopath.models.weights import LoadReport, load_backbone_weights
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class ViTEncoder(nn.Module):
             final norm(s) train; ``"full"``: everything trains.
         trainable_blocks: ``k`` for ``freeze="last_k"`` (0 <= k <= depth); must be 0 otherwise.
         drop_path_rate: stochastic depth of the backbone (still active when frozen, in train mode).
+        grad_checkpointing: recompute each block in the backward pass instead of keeping its activations
+            (:mod:`mammopath.models.scaling`: less memory, ~1/3 more compute).
+        compile: ``torch.compile`` the ViT's ``forward_features``: ``True`` or ``torch.compile`` options.
 
     Attributes:
         vit: the timm model (blocks possibly wrapped by adapters).
@@ -116,6 +120,8 @@ class ViTEncoder(nn.Module):
         freeze: str = "adapters",
         trainable_blocks: int = 0,
         drop_path_rate: float = 0.0,
+        grad_checkpointing: bool = False,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if grayscale not in GRAYSCALE_MODES:
@@ -188,6 +194,30 @@ class ViTEncoder(nn.Module):
         self.freeze = freeze
         self.trainable_blocks = trainable_blocks
         self.apply_freeze(freeze, trainable_blocks)
+        self.set_grad_checkpointing(grad_checkpointing)
+        self.compile_options = compile
+
+    def _features(self) -> Any:
+        """``vit.forward_features``, compiled when asked (built once per process, never pickled or copied).
+
+        Not a sub-module: the compiled callable wraps the ViT's own method, so names and checkpoints are unchanged.
+        """
+        fn = self.__dict__.get("_compiled_features")
+        if fn is None:
+            fn = compiled(self.vit.forward_features, self.compile_options)
+            self.__dict__["_compiled_features"] = fn
+        return fn
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_compiled_features", None)
+        return state
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every block, recomputed with the right adapters (:mod:`~.scaling`)."""
+        set_block_checkpointing(self.vit, enable, owner=self)
+        self.grad_checkpointing = enable
 
     @property
     def blocks(self) -> nn.Sequential:
@@ -290,7 +320,7 @@ class ViTEncoder(nn.Module):
         self.active_modality = modality  # read by forward hooks on the blocks (MixStyle, style bank)
         try:
             with use_modality(vit, modality):
-                t = vit.forward_features(x)
+                t = self._features()(x)
         finally:
             self.active_modality = None
         grid = vit.patch_embed.dynamic_feat_size((int(x.shape[-2]), int(x.shape[-1])))

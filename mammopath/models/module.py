@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
@@ -49,6 +50,11 @@ from mammopath.models.outputs import eval_step_output, predict_step_output
 from mammopath.models.style_bank import TokenStyleBank
 
 log = logging.getLogger(__name__)
+# Evaluation metrics are computed from predictions gathered from every rank, so every rank logs the same value and
+# Lightning's advice to all-reduce epoch-level logs (`sync_dist=True`) does not apply to them.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('(val|test)/.*sync_dist=True", category=PossibleUserWarning
+)
 
 #: fn(module, batch, outputs, stage) -> outputs: replaces the forward dict an evaluation step records
 PredictionTransform = Callable[["MammoPathModule", dict[str, Any], dict[str, Tensor], str], dict[str, Tensor]]
@@ -88,6 +94,10 @@ class MammoPathModule(L.LightningModule):
         adapter_kwargs: adapter options (bottleneck, scale, rank...).
         freeze: ``adapters`` (frozen backbone), ``last_k`` or ``full``.
         trainable_blocks: blocks left trainable with ``freeze=last_k``.
+        drop_path_rate: stochastic depth of the backbone.
+        grad_checkpointing: activation checkpointing of the encoder blocks (less memory, more compute;
+            :mod:`mammopath.models.scaling`).
+        compile_encoder: ``torch.compile`` the encoder's ``forward_features`` (``True`` or compile options).
         grade_schemes: grade scheme → number of levels (linked from the datamodule).
         grading_method: ``corn`` or ``coral``.
         localization_pooling: ``topk`` or ``attention`` MIL pooling of patch scores.
@@ -127,6 +137,8 @@ class MammoPathModule(L.LightningModule):
         freeze: str = "adapters",
         trainable_blocks: int = 0,
         drop_path_rate: float = 0.0,
+        grad_checkpointing: bool = False,
+        compile_encoder: bool | dict[str, Any] = False,
         grade_schemes: dict[str, int] | None = None,
         grading_method: str = "corn",
         localization_pooling: str = "topk",
@@ -161,6 +173,8 @@ class MammoPathModule(L.LightningModule):
             freeze=freeze,
             trainable_blocks=trainable_blocks,
             drop_path_rate=drop_path_rate,
+            grad_checkpointing=grad_checkpointing,
+            compile=compile_encoder,
         )
         dim = self.encoder.embed_dim  # token width; image features are feature_dim wide (2x with cls_mean pooling)
         features = self.encoder.feature_dim

@@ -190,3 +190,44 @@ def test_a_benchmark_and_your_own_manifest_compose(synth_releases: Path, synth_r
     assert dm.sample_table.index.is_unique and len(dm.sample_table) == len(dm.manifest)
     batch = next(iter(dm.train_dataloader()))[0]["patho"]
     assert batch["image"].shape == (2, 3, 16, 16)
+
+
+def test_patch_coordinates_are_cached_so_later_epochs_and_runs_detect_no_tissue(
+    synth_releases: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mammopath.datasets.tiling as tiling
+    from mammopath.datamodules import Camelyon16DataModule
+
+    calls: list[str] = []
+    for name in ("tissue_mask", "tile_slide"):  # tissue detection (Otsu) and the patch grid
+        original = getattr(tiling, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(tiling, name, counted)
+    kwargs = {
+        "root": str(synth_releases / "CAMELYON16"),
+        "cache_dir": str(tmp_path / "cache"),
+        "patch_size": 32,
+        "image_size": 16,
+        "batch_size": 4,
+    }
+    first = Camelyon16DataModule(**kwargs)
+    first.prepare_data()
+    n_slides = len(calls)
+    assert n_slides and "tissue_mask" in calls  # the first run tiles every slide once
+    calls.clear()
+    first.setup("fit")
+    for _ in range(2):  # epochs read the cached coordinates
+        for _ in first.train_dataloader():
+            pass
+    second = Camelyon16DataModule(**kwargs)  # a later run, same release and tiling parameters
+    second.prepare_data()
+    second.setup("fit")
+    next(iter(second.train_dataloader()))
+    assert calls == []  # no tissue detection, no tiling
+    assert second.manifest_file == first.manifest_file
+    patches = pd.read_csv(second.manifest_file)
+    assert patches["x"].notna().all() and (patches["size"] == 32).all()

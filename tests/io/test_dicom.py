@@ -153,3 +153,43 @@ def test_roi_mask(tmp_path: Path) -> None:
     mask[2:5, 3:9] = True
     back = read_roi_mask(write_mask_dicom(tmp_path / "roi.dcm", mask, patient_id="x"))
     np.testing.assert_array_equal(back, mask)
+
+
+@pytest.mark.parametrize(
+    ("bits", "signed", "photometric", "garbage"),
+    [
+        (14, False, "MONOCHROME2", True),  # unused high bits set: must be cleared as pydicom does
+        (14, False, "MONOCHROME1", False),
+        (12, True, "MONOCHROME2", True),  # signed: sign-extended from BitsStored
+        (16, False, "MONOCHROME2", False),
+        (16, True, "MONOCHROME1", False),
+        (8, False, "MONOCHROME2", False),
+    ],
+)
+def test_fast_native_path_equals_pydicom_decode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, bits: int, signed: bool, photometric: str, garbage: bool
+) -> None:
+    # two paths must agree: the copy-free decode + one scaling pass vs pydicom's default decode scaled in float64
+    rng = np.random.default_rng(bits)
+    dtype = np.uint8 if bits == 8 else np.uint16
+    pixels = rng.integers(0, 2**bits, size=(33, 27)).astype(dtype)
+    if garbage:
+        pixels |= np.uint16(0b11 << 14)
+    ds = new_dataset(tmp_path / "f.dcm", pixels, bits_stored=bits, photometric=photometric)
+    ds.PixelRepresentation = int(signed)
+    ds.ImageLaterality = "L"
+    ds.save_as(tmp_path / "f.dcm", enforce_file_format=True)
+    from mammopath.io.dicom import _native_view
+
+    assert _native_view(pydicom.dcmread(tmp_path / "f.dcm"), ds.file_meta.TransferSyntaxUID) is not None  # fast path
+    with caplog.at_level("DEBUG", logger="pydicom"):
+        image, meta = read_mammogram(tmp_path / "f.dcm")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # no "cannot return a view" warning
+    decoded = pydicom.dcmread(tmp_path / "f.dcm").pixel_array.astype(np.float64)
+    lo = -(2 ** (bits - 1)) if signed else 0
+    expected = np.clip((decoded - lo) / (2**bits - 1), 0, 1)
+    if photometric == "MONOCHROME1":
+        expected = 1 - expected
+    assert image.dtype == np.float32 and image.flags.writeable and image.flags.c_contiguous
+    np.testing.assert_allclose(image, expected, atol=2e-7, rtol=0)
+    assert meta["steps"] == (["invert"] if photometric == "MONOCHROME1" else [])

@@ -97,6 +97,19 @@ def test_binary_metrics_match_sklearn_at_threshold() -> None:
     assert m["ece"] == pytest.approx(expected_calibration_error(s, y))
 
 
+@pytest.mark.parametrize(("seed", "decimals", "spec"), [(0, 1, 0.9), (1, 2, 0.8), (2, 6, 0.5), (3, 3, 1.0)])
+def test_one_roc_equals_the_two_public_torchmetrics_calls(seed: int, decimals: int, spec: float) -> None:
+    # binary_metrics computes AUROC and sensitivity at specificity from one ROC curve: bit for bit the public calls
+    from torchmetrics.functional.classification import binary_sensitivity_at_specificity
+
+    s, y = _data(n=500, seed=seed, decimals=decimals)
+    m = binary_metrics(s, y, specificity=spec)
+    st, yt = torch.tensor(s), torch.tensor(y)
+    assert m["auroc"] == float(binary_auroc(st, yt, validate_args=False))
+    assert m["sens_at_spec"] == float(binary_sensitivity_at_specificity(st, yt, spec - 1e-6, validate_args=False)[0])
+    assert m["sens_at_spec"] == sensitivity_at_specificity(s, y, spec) and m["auroc"] == auroc(s, y)
+
+
 def test_binary_metrics_single_class_gives_nan_where_undefined() -> None:
     m = binary_metrics([0.2, 0.7, 0.9], [0, 0, 0])
     assert math.isnan(m["auroc"]) and math.isnan(m["sensitivity"]) and math.isnan(m["balanced_accuracy"])

@@ -146,3 +146,43 @@ def test_no_bootstrap_gives_nan_ci_and_same_point_estimates() -> None:
     assert without[["auroc_ci_low", "auroc_ci_high"]].isna().all().all()
     assert with_ci[["auroc_ci_low", "auroc_ci_high"]].notna().all().all()
     pd.testing.assert_series_equal(with_ci["auroc"], without["auroc"])
+
+
+def test_domain_point_metrics_equal_the_per_domain_table() -> None:
+    # two paths must agree: the array path (one sort, one ROC per domain) and the frame path, on shuffled rows
+    import torch
+
+    from mammopath.metrics import domain_point_metrics
+    from mammopath.metrics.domain import POINT_METRICS
+
+    df = _predictions(seed=5).dropna(subset=["label"])
+    df = df[df["modality"] == "mammo"].sample(frac=1.0, random_state=0)
+    table = per_domain_table(df, threshold=0.4, specificity=0.8, n_boot=0).set_index("domain")
+    by_name = domain_point_metrics(df["score"], df["label"], df["domain"], threshold=0.4, specificity=0.8)
+    assert list(by_name["domain"]) == sorted(df["domain"].unique())
+    codes = pd.factorize(df["domain"], sort=True)[0]
+    by_code = domain_point_metrics(
+        torch.tensor(df["score"].to_numpy()),  # tensors, as the evaluation gathers them
+        torch.tensor(df["label"].to_numpy(int)),
+        torch.tensor(codes),
+        threshold=0.4,
+        specificity=0.8,
+    )
+    assert list(by_code["domain"]) == list(range(len(by_name)))
+    for i, row in by_name.iterrows():
+        expected = table.loc[row["domain"]]
+        assert row["n"] == expected["n"] and row["n_pos"] == expected["n_pos"]
+        for metric in POINT_METRICS:
+            assert row[metric] == pytest.approx(expected[metric], abs=0, nan_ok=True), metric
+            assert by_code.loc[i, metric] == pytest.approx(expected[metric], abs=0, nan_ok=True), metric
+    import mammopath.metrics.domain as domain_module
+
+    sorted_path = pytest.MonkeyPatch()
+    sorted_path.setattr(domain_module, "_FEW_DOMAINS", 0)  # the sort used beyond 64 domains gives the same table
+    try:
+        by_sort = domain_point_metrics(df["score"], df["label"], codes, threshold=0.4, specificity=0.8)
+    finally:
+        sorted_path.undo()
+    pd.testing.assert_frame_equal(by_sort, by_code)
+    with pytest.raises(ConfigError, match="differ in length"):
+        domain_point_metrics([0.1, 0.2], [0, 1], [0])
