@@ -155,7 +155,7 @@ def make_synth_benchmark(
     manifest = pd.DataFrame(rows)
     write_manifest(manifest, out / "manifest.csv")
     if cfg.oracle:
-        write_manifest(oracle_manifest(manifest, cfg.holdout), out / "manifest_oracle.csv")
+        write_manifest(oracle_manifest(manifest), out / "manifest_oracle.csv")
     shortcut_probe(manifest).to_csv(out / "shortcut_probe.csv", index=False)
     if paired:
         write_manifest(

@@ -14,8 +14,10 @@ Designed like ColoredMNIST (Arjovsky et al. 2019), in the real file formats:
 - **the style shift** of each domain (acquisition, stain) as before.
 
 The marker is rendered as a separate layer: every image is also written without it (``*_oracle/``),
-identical elsewhere, for the causal-only ceiling (``manifest_oracle.csv``: training and validation rows
-point to the marker-free copies, every evaluated row to the same images as ``manifest.csv``). Evaluation
+identical elsewhere, for the causal-only ceiling (``manifest_oracle.csv``: every row points to the
+marker-free copy, so the oracle is trained, selected and tested on the causal signal alone: what a predictor
+that ignores the marker perfectly can reach; a marker-free model tested on marked images is not a ceiling,
+the unseen marker moves its scores). Evaluation
 splits are large (``mammo_test_patients``, ``test_slides_per_domain``) so a source-test AUROC is known
 to within about ±0.05; training data stays small.
 """
@@ -257,12 +259,11 @@ def write_patho_domain(
     return rows
 
 
-def oracle_manifest(manifest: pd.DataFrame, holdout: tuple[str, ...]) -> pd.DataFrame:
-    """Training and validation rows of the source domains read the marker-free copies; evaluated rows do not."""
+def oracle_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Every row reads the marker-free copy (same sample ids, splits and labels as ``manifest``)."""
     oracle = manifest.copy()
-    train = oracle["split"].isin(["train", "val"]) & ~oracle["domain"].isin(holdout)
     for column in ("path", "roi_path"):
-        oracle.loc[train, column] = oracle.loc[train, column].map(_oracle)
+        oracle[column] = oracle[column].map(_oracle)
     return oracle
 
 
