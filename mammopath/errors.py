@@ -49,6 +49,7 @@ class DataFormatError(MammopathError):
         self.path = path
         self.row = row
         self.column = column
+        self.problem = problem
         super().__init__(f"{_where(path, row, column)}: {problem}")
 
 
