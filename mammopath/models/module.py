@@ -39,7 +39,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from mammopath.datamodules.pairing import LabelMap
-from mammopath.errors import ConfigError
+from mammopath.errors import ConfigError, NonFiniteLossError
 from mammopath.losses import Objective, TermFn, task_losses
 from mammopath.losses.contrastive import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, CrossModalContrastiveLoss
 from mammopath.losses.objective import Weight
@@ -370,6 +370,7 @@ class MammoPathModule(L.LightningModule):
         for name, term in self.objective.registered.items():
             terms[name] = term.fn(self, batch, outputs)
         total, weights = self.objective.combine(terms, self.global_step)
+        self._check_finite(total, terms)
         size = sum(len(sub["label"]) for sub in batch.values() if sub is not None)
         for name, value in terms.items():
             self.log(f"loss/{name}", value, batch_size=size)
@@ -377,6 +378,24 @@ class MammoPathModule(L.LightningModule):
             self.log(f"loss_weight/{name}", weights[name], batch_size=size)
         self.log("loss/total", total, prog_bar=True, batch_size=size)
         return {"loss": total, "terms": {k: v.detach() for k, v in terms.items()}, "weights": weights}
+
+    def _check_finite(self, total: Tensor, terms: dict[str, Tensor]) -> None:
+        """Stop the run on a NaN/infinite loss, before it reaches the weights (every rank stops together)."""
+        bad = not bool(torch.isfinite(total.detach()).all())
+        trainer = self._trainer
+        if trainer is not None:
+            bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
+        if not bad:
+            return
+        values = ", ".join(f"{k}={float(v.detach().float().mean()):.4g}" for k, v in terms.items())
+        where = f"epoch {self.current_epoch}, step {self.global_step}" if trainer is not None else "this step"
+        folder = getattr(trainer, "default_root_dir", None)
+        raise NonFiniteLossError(
+            f"the training loss is not finite at {where} ({values}); the run stops before this step updates the "
+            f"weights, and the checkpoints already saved{f' under {folder}' if folder else ''} are kept (resume "
+            "from the last one with --ckpt_path). Usual causes: a learning rate too high, fp16 overflow (use "
+            "bf16-mixed or trainer.gradient_clip_val), or input values that are not finite"
+        )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.alignment:  # open_clip clamps the parameter after each step, so it never drifts past the clamp
