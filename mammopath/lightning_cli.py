@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +31,7 @@ from lightning.pytorch.cli import LightningCLI
 
 import mammopath.datamodules  # noqa: F401  (registers the short datamodule names for class_path)
 from mammopath.datamodules.lodo import LodoDataModule
-from mammopath.errors import OutputDirError
+from mammopath.errors import CheckpointError, OutputDirError
 from mammopath.models.module import MammoPathModule
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,36 @@ def check_writable(folder: Path, min_free_mb: float = 100.0) -> None:
         )
 
 
+#: Environment variable that allows ``weights_only=false`` (a checkpoint you made yourself, with pickled objects).
+TRUST_CHECKPOINT_ENV = "MAMMOPATH_TRUST_CHECKPOINT"
+#: Environment variable with the opt-in allow-list of ``class_path`` prefixes (comma-separated).
+ALLOWED_CLASS_PATHS_ENV = "MAMMOPATH_ALLOWED_CLASS_PATHS"
+#: A suggested allow-list: everything the shipped configs name.
+SUGGESTED_CLASS_PATHS = ("mammopath", "torch.optim", "lightning.pytorch", "timm")
+
+
+def configure_import_policy(allowed: str | None = None) -> list[str] | None:
+    """Restrict what a config may import (pitfalls §6.2: a ``class_path`` is code).
+
+    Always enforced: jsonargparse's import-path denylist (``os``, ``subprocess``, ``pickle``, ``importlib``,
+    ``builtins.eval``...), so a config naming them fails at parsing, before anything is instantiated. With
+    ``allowed`` (default: the ``MAMMOPATH_ALLOWED_CLASS_PATHS`` environment variable), e.g.
+    ``"mammopath,torch.optim,lightning.pytorch,timm"``, every other import path is denied as well.
+
+    Returns:
+        the allow-list in force, or None.
+    """
+    from jsonargparse import set_parsing_settings
+
+    text = os.environ.get(ALLOWED_CLASS_PATHS_ENV, "") if allowed is None else allowed
+    prefixes = [p.strip() for p in text.split(",") if p.strip()]
+    if prefixes:
+        set_parsing_settings(import_path_denylist=["*"], import_path_allowlist=prefixes)
+        return prefixes
+    set_parsing_settings(import_path_denylist=[])  # enforce the default denylist (otherwise only a warning)
+    return None
+
+
 class MammoPathCLI(LightningCLI):
     """LightningCLI with the data → model links stated once and outputs derived from one run name."""
 
@@ -159,13 +191,37 @@ class MammoPathCLI(LightningCLI):
         run_id = apply_run_layout(config, self.subcommand or "run")
         if run_id:
             log.info("run %s: logs and checkpoints under %s", run_id, config.trainer.default_root_dir)
+        if self.subcommand and "weights_only" in config:  # resuming never unpickles code (pitfalls §3.3)
+            if config.get("weights_only") is False and os.environ.get(TRUST_CHECKPOINT_ENV) != "1":
+                raise CheckpointError(
+                    f"weights_only=false would run any code a checkpoint carries; mammopath checkpoints hold plain "
+                    f"values only and load with weights_only=true. Set {TRUST_CHECKPOINT_ENV}=1 only for a checkpoint "
+                    "you made yourself"
+                )
+            if config.get("weights_only") is None:
+                config["weights_only"] = True
         if self.subcommand:  # fail in the first second, not after the first epoch
             for folder in output_dirs(config):
                 check_writable(folder, float(config.get("min_free_space_mb") or 0.0))
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the hyper-parameters of ``ckpt_path`` with ``weights_only=True``; a refusal names it."""
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as exc:
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{ckpt_path}: refused: the checkpoint holds Python objects{what} that would run code when loaded; "
+                "mammopath checkpoints hold tensors and plain values only and load with weights_only=True. Do not "
+                "load checkpoints from untrusted sources"
+            ) from exc
+
     @classmethod
     def create(cls, args: Sequence[str] | None = None, *, run: bool = True, epilog: str = "") -> MammoPathCLI:
         """Build (and by default run) the CLI; ``args=None`` reads ``sys.argv``."""
+        configure_import_policy()
         return cls(
             MammoPathModule,
             LodoDataModule,
