@@ -75,6 +75,36 @@ def _check_normalization(normalization: Mapping[str, Mapping[str, Sequence[float
     return result
 
 
+def rng_states() -> dict[str, Any]:
+    """The torch, NumPy and Python random states as tensors and ints (loadable with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    version, state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype("int64")), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": torch.tensor(state, dtype=torch.int64),
+                   "gauss": python_gauss},
+    }  # fmt: skip
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` stored."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"].cpu())
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+    py = states["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+
+
 class MammoPathModule(L.LightningModule):
     """Multi-task cross-modal model (classification, localization, grading).
 
@@ -283,8 +313,17 @@ class MammoPathModule(L.LightningModule):
             mean, std = mean.mean().view(1, 1, 1, 1), std.mean().view(1, 1, 1, 1)
         return (images - mean) / std
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store this process's random states (plain tensors and ints), so a resumed run draws what the run would."""
+        checkpoint["rng_states"] = rng_states()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Take the checkpoint's normalization (what the weights were trained with), whatever the config says."""
+        """Take the checkpoint's normalization (what the weights were trained with), whatever the config says.
+
+        A checkpoint of a run being resumed (``fit --ckpt_path``) also restores the random states it stored.
+        """
+        if "rng_states" in checkpoint and self._trainer is not None and self._trainer.state.fn == "fit":
+            set_rng_states(checkpoint["rng_states"])
         state = checkpoint.get("state_dict", {})
         for modality in self.encoder.modalities:
             for kind in ("mean", "std"):
