@@ -27,7 +27,7 @@ DATA_COMMANDS_HELP = """data commands:
   synth               write the synthetic multi-hospital benchmark (real formats) and its manifest
   prepare             build a manifest from a benchmark release (cbis-ddsm, inbreast, bach, camelyon16/17)
   tile                turn slide rows into patch rows (tissue detection, tumour fraction)
-  validate-manifest   check a manifest against its data root
+  validate-manifest   check a manifest against its data root (--decode: decode every file first)
   report              merge result folders into one table with figures
   sweep               run a methods x folds x seeds grid (resumable) and summarize it
 training commands (LightningCLI): fit, validate, test, predict  (see `mammopath fit --help`)"""
@@ -114,9 +114,26 @@ def _cmd_validate_manifest(argv: Sequence[str]) -> int:
     parser.add_argument("--root", default=None, help="data root (default: the manifest's folder)")
     parser.add_argument("--no-check-files", action="store_true", help="skip checking that files exist")
     parser.add_argument("--holdout", nargs="*", default=[], help="domains that must be present (LODO fold)")
+    parser.add_argument(
+        "--decode", action="store_true", help="also open and decode every file, reporting every bad one with its reason"
+    )
+    parser.add_argument("--workers", type=int, default=4, help="threads decoding in parallel (with --decode)")
     args = parser.parse_args(argv)
     root = Path(args.root) if args.root else Path(args.manifest).parent
     df = load_manifest(args.manifest, root, check_files=not args.no_check_files, required_domains=args.holdout)
+    if args.decode:
+        from mammopath.preflight import decode_check, raise_for_bad
+
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
+            task = progress.add_task("decode every file", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            bad = decode_check(df, root, workers=args.workers, progress=advance)
+        raise_for_bad(bad, args.manifest, len(df))
     _print_frame(summarize(df), f"{args.manifest}: valid ({len(df)} rows, {df['patient_id'].nunique()} patients)")
     return 0
 

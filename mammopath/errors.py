@@ -49,6 +49,7 @@ class DataFormatError(MammopathError):
         self.path = path
         self.row = row
         self.column = column
+        self.problem = problem
         super().__init__(f"{_where(path, row, column)}: {problem}")
 
 
@@ -78,3 +79,11 @@ class ConfigError(MammopathError):
 
 class CheckpointError(MammopathError):
     """A checkpoint or pretrained-weights file is missing or does not fit the model."""
+
+
+class NonFiniteLossError(MammopathError):
+    """The training loss became NaN or infinite; the run stops and the checkpoints saved before are kept."""
+
+
+class OutputDirError(MammopathError):
+    """An output folder cannot be written (missing permission, not a folder, disk full)."""

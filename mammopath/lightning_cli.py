@@ -18,6 +18,10 @@ trainer's references to it.
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from lightning.pytorch.cli import LightningCLI
 
 import mammopath.datamodules  # noqa: F401  (registers the short datamodule names for class_path)
 from mammopath.datamodules.lodo import LodoDataModule
+from mammopath.errors import CheckpointError, OutputDirError
 from mammopath.models.module import MammoPathModule
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,82 @@ def apply_run_layout(config: Namespace, subcommand: str) -> str | None:
     return run_id
 
 
+def output_dirs(config: Namespace) -> list[Path]:
+    """Every folder a run writes to: the root dir, the loggers' save dirs, the writing callbacks' folders."""
+    trainer = config.trainer
+    dirs = [Path(trainer.get("default_root_dir") or ".")]
+    logger = trainer.get("logger")
+    for entry in logger if isinstance(logger, list) else [logger]:
+        if isinstance(entry, Namespace | dict) and entry.get("init_args") is not None:
+            save_dir = entry["init_args"].get("save_dir")
+            if save_dir:
+                dirs.append(Path(str(save_dir)))
+    for entry in trainer.get("callbacks") or []:
+        init_args = entry.get("init_args") if isinstance(entry, Namespace | dict) else None
+        for key in ("dirpath", "out_dir"):
+            value = init_args.get(key) if init_args is not None else None
+            if value:
+                dirs.append(Path(str(value)))
+    return list(dict.fromkeys(dirs))
+
+
+def check_writable(folder: Path, min_free_mb: float = 100.0) -> None:
+    """Create ``folder`` and write a probe file in it, and require ``min_free_mb`` of free space there.
+
+    Raises:
+        OutputDirError: naming the folder and the reason, before any data is read or any step is trained.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".mammopath-write-test-{os.getpid()}"
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * 4096)
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise OutputDirError(
+            f"output folder {folder} is not writable ({exc.strerror or exc}); choose another folder "
+            "(trainer.default_root_dir, run_name/runs_dir, the callbacks' out_dir) or free space there"
+        ) from exc
+    free_mb = shutil.disk_usage(folder).free / 2**20
+    if free_mb < min_free_mb:
+        raise OutputDirError(
+            f"output folder {folder} has {free_mb:.0f} MiB free, less than --min_free_space_mb={min_free_mb:g}; "
+            "a run there would fail when it writes a checkpoint or its results"
+        )
+
+
+#: Environment variable that allows ``weights_only=false`` (a checkpoint you made yourself, with pickled objects).
+TRUST_CHECKPOINT_ENV = "MAMMOPATH_TRUST_CHECKPOINT"
+#: Environment variable with the opt-in allow-list of ``class_path`` prefixes (comma-separated).
+ALLOWED_CLASS_PATHS_ENV = "MAMMOPATH_ALLOWED_CLASS_PATHS"
+#: A suggested allow-list: everything the shipped configs name.
+SUGGESTED_CLASS_PATHS = ("mammopath", "torch.optim", "lightning.pytorch", "timm")
+
+
+def configure_import_policy(allowed: str | None = None) -> list[str] | None:
+    """Restrict what a config may import (pitfalls §6.2: a ``class_path`` is code).
+
+    Always enforced: jsonargparse's import-path denylist (``os``, ``subprocess``, ``pickle``, ``importlib``,
+    ``builtins.eval``...), so a config naming them fails at parsing, before anything is instantiated. With
+    ``allowed`` (default: the ``MAMMOPATH_ALLOWED_CLASS_PATHS`` environment variable), e.g.
+    ``"mammopath,torch.optim,lightning.pytorch,timm"``, every other import path is denied as well.
+
+    Returns:
+        the allow-list in force, or None.
+    """
+    from jsonargparse import set_parsing_settings
+
+    text = os.environ.get(ALLOWED_CLASS_PATHS_ENV, "") if allowed is None else allowed
+    prefixes = [p.strip() for p in text.split(",") if p.strip()]
+    if prefixes:
+        set_parsing_settings(import_path_denylist=["*"], import_path_allowlist=prefixes)
+        return prefixes
+    set_parsing_settings(import_path_denylist=[])  # enforce the default denylist (otherwise only a warning)
+    return None
+
+
 class MammoPathCLI(LightningCLI):
     """LightningCLI with the data → model links stated once and outputs derived from one run name."""
 
@@ -97,6 +178,9 @@ class MammoPathCLI(LightningCLI):
         parser.add_argument("--method", type=str | None, default=None, help="method tag: runs/<run_name>/<method>")
         parser.add_argument("--runs_dir", type=str, default="runs", help="TensorBoard logs and checkpoints")
         parser.add_argument("--results_dir", type=str, default="results", help="result tables and figures")
+        parser.add_argument(
+            "--min_free_space_mb", type=float, default=100.0, help="free space every output folder needs at start"
+        )
         parser.set_defaults({"data": {"class_path": "mammopath.datamodules.crossmodal.CrossModalDataModule"}})
         parser.link_arguments("data.image_size", "model.img_size", apply_on="instantiate")
         parser.link_arguments("data.grade_schemes", "model.grade_schemes", apply_on="instantiate")
@@ -107,10 +191,37 @@ class MammoPathCLI(LightningCLI):
         run_id = apply_run_layout(config, self.subcommand or "run")
         if run_id:
             log.info("run %s: logs and checkpoints under %s", run_id, config.trainer.default_root_dir)
+        if self.subcommand and "weights_only" in config:  # resuming never unpickles code (pitfalls §3.3)
+            if config.get("weights_only") is False and os.environ.get(TRUST_CHECKPOINT_ENV) != "1":
+                raise CheckpointError(
+                    f"weights_only=false would run any code a checkpoint carries; mammopath checkpoints hold plain "
+                    f"values only and load with weights_only=true. Set {TRUST_CHECKPOINT_ENV}=1 only for a checkpoint "
+                    "you made yourself"
+                )
+            if config.get("weights_only") is None:
+                config["weights_only"] = True
+        if self.subcommand:  # fail in the first second, not after the first epoch
+            for folder in output_dirs(config):
+                check_writable(folder, float(config.get("min_free_space_mb") or 0.0))
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the hyper-parameters of ``ckpt_path`` with ``weights_only=True``; a refusal names it."""
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as exc:
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{ckpt_path}: refused: the checkpoint holds Python objects{what} that would run code when loaded; "
+                "mammopath checkpoints hold tensors and plain values only and load with weights_only=True. Do not "
+                "load checkpoints from untrusted sources"
+            ) from exc
 
     @classmethod
     def create(cls, args: Sequence[str] | None = None, *, run: bool = True, epilog: str = "") -> MammoPathCLI:
         """Build (and by default run) the CLI; ``args=None`` reads ``sys.argv``."""
+        configure_import_policy()
         return cls(
             MammoPathModule,
             LodoDataModule,

@@ -83,8 +83,12 @@ def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # interrupted (KeyboardInterrupt, disk full...): the old file stays, no temporary is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_frame(path: str | Path, frame: pd.DataFrame) -> Path:

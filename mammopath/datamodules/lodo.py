@@ -29,6 +29,7 @@ import pandas as pd
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, SequentialSampler
 
+from mammopath.datamodules.bad_samples import SkippedSamples
 from mammopath.datamodules.samplers import SlideGroupedSampler, distributed_context, global_seed
 from mammopath.datasets.manifest_dataset import ManifestDataset
 from mammopath.errors import ConfigError
@@ -87,6 +88,15 @@ class LodoDataModule(L.LightningDataModule):
         slide_group_size: longest run of one slide's patches with ``group_by_slide`` (None: the whole slide).
         pin_memory: page-locked batches for faster host-to-GPU copies (None: on when training on CUDA).
         storage_options: fsspec options (credentials, block size...) for slides under a URL data root.
+        on_bad_sample: ``raise`` (default) stops at the first unreadable file with its error; ``skip`` replaces the
+            sample, records it in ``runs/<run>/skipped.csv`` and the log, counts it in TensorBoard (``data/skipped``)
+            and stops once more than ``max_bad_fraction`` of a split is unreadable
+            (:mod:`mammopath.datamodules.bad_samples`).
+        max_bad_fraction: with ``skip``, the most distinct unreadable samples of a split, as a fraction of its rows.
+        preflight: at setup, open and decode every file of the manifest (in parallel, ``preflight_workers``
+            threads) and stop with every bad file and its reason before training starts
+            (:func:`mammopath.preflight.decode_check`; what ``mammopath validate-manifest --decode`` does).
+        preflight_workers: threads of the pre-flight decode.
     """
 
     def __init__(
@@ -111,8 +121,18 @@ class LodoDataModule(L.LightningDataModule):
         slide_group_size: int | None = None,
         pin_memory: bool | None = None,
         storage_options: dict[str, Any] | None = None,
+        on_bad_sample: str = "raise",
+        max_bad_fraction: float = 0.05,
+        preflight: bool = False,
+        preflight_workers: int = 4,
     ):
         super().__init__()
+        if on_bad_sample not in ("raise", "skip"):
+            raise ConfigError(f"data.on_bad_sample must be 'raise' or 'skip'; got {on_bad_sample!r}")
+        self.on_bad_sample = on_bad_sample
+        self.skipped = SkippedSamples(max_bad_fraction)
+        self.preflight, self.preflight_workers = preflight, preflight_workers
+        self._preflight_done = False
         if paired_sampling not in ("auto", "off"):
             raise ConfigError(f"data.paired_sampling must be 'auto' or 'off'; got {paired_sampling!r}")
         self.paired_sampling, self.paired_per_batch = paired_sampling, paired_per_batch
@@ -136,6 +156,7 @@ class LodoDataModule(L.LightningDataModule):
             "crop_breast": crop_breast,
             "slide_cache_size": slide_cache_size,
             "storage_options": storage_options,
+            "on_bad_sample": on_bad_sample,
         }
         self.augment = augment
         self.check_files = check_files
@@ -304,7 +325,27 @@ class LodoDataModule(L.LightningDataModule):
         rows = pd.concat(parts, ignore_index=True)
         return rows.sort_values("domain", kind="stable", ignore_index=True)  # evaluation batches: one domain each
 
+    def run_preflight(self) -> None:
+        """Decode every file of the manifest once; raise listing every bad file (``preflight: true``)."""
+        from mammopath.preflight import decode_check, raise_for_bad
+
+        if self._preflight_done:
+            return
+        manifest = self.manifest
+        bad = decode_check(manifest, None, workers=self.preflight_workers)
+        raise_for_bad(bad, " + ".join(src.name for src in self.sources()), len(manifest))
+        self._preflight_done = True
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``on_bad_sample: skip``: record the batch's skipped samples before the model sees the batch."""
+        if self.on_bad_sample != "skip":
+            return batch
+        sizes = {split: sum(len(d) for d in by_modality.values()) for split, by_modality in self.datasets.items()}
+        return self.skipped.record(batch, self.trainer, sizes)
+
     def setup(self, stage: str | None = None) -> None:
+        if self.preflight:
+            self.run_preflight()
         stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for split in stages.get(stage or "fit", ("train", "val", "test")):
             self.datasets[split] = {}

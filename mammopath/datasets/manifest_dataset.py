@@ -9,12 +9,14 @@ pathology), ``mask`` (H, W) float, ``has_mask``, ``label`` (-1 = missing), ``gra
 missing), ``grade_scheme``, ``modality``, ``domain``, ``patient_id``, ``sample_id``, ``role``, ``index`` (the
 row's ``_index`` in a datamodule's composed manifest, else its position here), ``patient_code`` (an
 integer code of the patient, -1 outside a datamodule), ``paired`` (the patient has both modalities),
-``meta``.
+``meta``; with ``on_bad_sample="skip"`` also ``skipped`` (a JSON list of the unreadable rows this sample
+replaced, ``""`` when none).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -85,6 +87,10 @@ class ManifestDataset(Dataset):
         slide_cache_size: open slides kept per process.
         seed: kept for configuration compatibility (augmentations use torch's per-worker generator).
         storage_options: fsspec options for slides under a URL root (:mod:`mammopath.io.location`).
+        on_bad_sample: ``raise`` (default): an unreadable file raises its :class:`~mammopath.errors.DataFormatError`;
+            ``skip``: the sample is replaced by the next readable row of the same domain and reported in the
+            sample's ``skipped`` field (the datamodule records it in ``skipped.csv`` and stops past a bad fraction).
+        max_replacements: with ``skip``, how many further rows are tried before the error is raised anyway.
 
     The root may be an fsspec URL: slide patches are then read in place (range requests) and annotation files
     copied once to a local cache; mammograms and microscopy photos need a local root.
@@ -102,7 +108,13 @@ class ManifestDataset(Dataset):
         slide_cache_size: int = 16,
         seed: int = 0,
         storage_options: dict[str, Any] | None = None,
+        on_bad_sample: str = "raise",
+        max_replacements: int = 16,
     ):
+        if on_bad_sample not in ("raise", "skip"):
+            raise ConfigError(f"on_bad_sample must be 'raise' or 'skip'; got {on_bad_sample!r}")
+        self.on_bad_sample = on_bad_sample
+        self.max_replacements = int(max_replacements)
         self.rows = manifest.reset_index(drop=True)
         self.root = as_location(root)
         self.storage_options = storage_options
@@ -200,7 +212,42 @@ class ManifestDataset(Dataset):
             mask = rasterize(polygons, (size, size), downsample=downsample, origin=location)
         return region, mask, {}  # uint8: scaled to [0, 1] by _resize in one pass
 
+    def _replacements(self, index: int) -> list[int]:
+        """Rows tried in place of an unreadable one: the next rows of the same domain, cyclically."""
+        domain = self._records[index]["domain"]
+        n = len(self._records)
+        order = [(index + k) % n for k in range(1, n)]
+        return [i for i in order if self._records[i]["domain"] == domain][: self.max_replacements]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.on_bad_sample == "raise":
+            return self._sample(index)
+        skipped: list[dict[str, Any]] = []
+        for candidate in [index, *self._replacements(index)]:
+            try:
+                sample = self._sample(candidate)
+            except DataFormatError as exc:
+                row = self._records[candidate]
+                skipped.append(
+                    {
+                        "sample_id": str(row["sample_id"]),
+                        "modality": str(row["modality"]),
+                        "domain": str(row["domain"]),
+                        "file": str(row["path"]),
+                        "reason": f"{type(exc).__name__}: {getattr(exc, 'problem', str(exc))}",
+                    }
+                )
+                log.debug("unreadable sample %s (%s): %s", row["sample_id"], row["path"], skipped[-1]["reason"])
+                continue
+            sample["skipped"] = json.dumps(skipped) if skipped else ""
+            return sample
+        raise DataFormatError(
+            skipped[0]["file"],
+            f"sample {skipped[0]['sample_id']} and the {len(skipped) - 1} rows tried in its place are all unreadable "
+            f"(first: {skipped[0]['reason']})",
+        )
+
+    def _sample(self, index: int) -> dict[str, Any]:
         row: dict[str, Any] = self._records[index]  # type: ignore[assignment]
         modality = row["modality"]
         if modality == "mammo":

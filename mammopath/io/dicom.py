@@ -39,6 +39,85 @@ DECODER_PACKAGES: dict[str, str] = {
     "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",  # HTJ2K
 }
 
+#: Default pixel budget of one DICOM: 10x a large full-field digital mammogram (4096 x 5625).
+MAX_PIXELS: int = 250_000_000
+
+#: Attributes a dataset read without its File Meta header must have to be accepted as an image.
+_REQUIRED_PIXEL_ATTRIBUTES = ("PixelData", "Rows", "Columns", "BitsAllocated", "PhotometricInterpretation")
+
+
+def _encoding_syntax(ds: pydicom.Dataset) -> str:
+    """The transfer syntax a dataset was read with (for files whose File Meta header lacks one)."""
+    implicit, little = getattr(ds, "original_encoding", (False, True))
+    if implicit:
+        return "1.2.840.10008.1.2"
+    return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+
+
+def read_dataset(path: str | Path) -> pydicom.Dataset:
+    """Read a DICOM image dataset, accepting a file without its preamble/File Meta header only if it is an image.
+
+    A file without the 128-byte preamble and ``DICM`` prefix (common in old archives) is re-read with pydicom's
+    ``force=True`` and kept only when it has every attribute of :data:`_REQUIRED_PIXEL_ATTRIBUTES` (``force``
+    alone happily "reads" any bytes, pydicom#150); a missing Transfer Syntax UID is set from the encoding the
+    file was read with.
+
+    Raises:
+        DicomReadError: not a DICOM file, truncated header, or no Pixel Data (names the file and the reason).
+    """
+    path = Path(path)
+    forced = False
+    try:
+        ds = pydicom.dcmread(path)
+    except FileNotFoundError as exc:
+        raise DicomReadError(path, "file not found") from exc
+    except InvalidDicomError as exc:
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception:
+            raise DicomReadError(path, f"not a readable DICOM file (InvalidDicomError: {exc})") from exc
+        missing = [a for a in _REQUIRED_PIXEL_ATTRIBUTES if a not in ds]
+        if missing:
+            raise DicomReadError(
+                path,
+                f"not a DICOM file: no preamble/'DICM' prefix, and read without it the data lacks {', '.join(missing)}",
+            ) from exc
+        forced = True
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DicomReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds:
+        raise DicomReadError(path, "the DICOM has no PixelData element (not an image, or truncated header)")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = UID(_encoding_syntax(ds))
+    if forced:
+        log.warning("%s: no DICOM preamble/File Meta header; read with force=True (image attributes present)", path)
+    return ds
+
+
+def check_dimensions(ds: pydicom.Dataset, path: str | Path, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse absurd image dimensions before anything is decoded or allocated.
+
+    Raises:
+        DicomReadError: zero or missing Rows/Columns, more than one sample per pixel, or more than ``max_pixels``.
+    """
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except (TypeError, ValueError) as exc:
+        raise DicomReadError(path, "Rows, Columns, NumberOfFrames or SamplesPerPixel is not an integer") from exc
+    if rows <= 0 or cols <= 0 or frames <= 0:
+        raise DicomReadError(path, f"image dimensions {rows}x{cols} ({frames} frame(s)) are empty")
+    if samples != 1:
+        raise DicomReadError(path, f"{samples} samples per pixel: not a greyscale mammogram")
+    if rows * cols * frames > max_pixels:
+        raise DicomReadError(
+            path,
+            f"header claims {rows}x{cols}x{frames} pixels ({rows * cols * frames:,}), more than the limit of "
+            f"{max_pixels:,}; pass a larger max_pixels if the image is genuine",
+        )
+
+
 _VIEW_ALIASES = {"ML": "MLO", "MLO": "MLO", "CC": "CC", "XCCL": "XCCL", "LM": "LM", "FB": "FB"}
 
 
@@ -216,12 +295,15 @@ def _to_unit_range(arr: np.ndarray, lo: float, hi: float, *, in_range: bool = Fa
     return image
 
 
-def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, dict[str, Any]]:
+def read_mammogram(
+    path: str | Path, *, voi: str = "auto", max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a mammogram DICOM as float32 in [0, 1] with tissue bright.
 
     Args:
         path: the DICOM file.
         voi: ``"auto"`` applies a VOI LUT or the first window when present; ``"none"`` skips VOI.
+        max_pixels: the most pixels (Rows x Columns x frames) a file may claim; checked before decoding.
 
     Returns:
         ``(image, meta)``: a (H, W) float32 array and a dict with ``laterality``,
@@ -230,21 +312,19 @@ def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, 
         ``bits_stored``, ``inverted``, ``steps``.
 
     Raises:
-        DicomReadError: unreadable, truncated or pixel-less file (names the file and the reason).
+        DicomReadError: unreadable, truncated or pixel-less file, colour or multi-frame data, absurd dimensions
+            (names the file and the reason).
         MissingDecoderError: the transfer syntax needs a plugin that is not installed.
     """
     path = Path(path)
     if voi not in ("auto", "none"):
         raise ValueError(f"voi must be 'auto' or 'none', got {voi!r}")
-    try:
-        ds = pydicom.dcmread(path)
-    except FileNotFoundError as exc:
-        raise DicomReadError(path, "file not found") from exc
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise DicomReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
-    if "PixelData" not in ds:
-        raise DicomReadError(path, "the DICOM has no PixelData element (not an image, or truncated header)")
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+    ds = read_dataset(path)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomReadError(path, f"PhotometricInterpretation {photometric} is not a greyscale mammogram")
+    check_dimensions(ds, path, max_pixels)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
     check_decoder(syntax, path)
     try:
         stored, in_range = _stored_values(ds, syntax)
@@ -254,9 +334,6 @@ def read_mammogram(path: str | Path, *, voi: str = "auto") -> tuple[np.ndarray, 
         ) from exc
     if stored.ndim != 2:
         raise DicomReadError(path, f"expected one 2-D greyscale frame, got pixel array of shape {stored.shape}")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomReadError(path, f"PhotometricInterpretation {photometric} is not a greyscale mammogram")
 
     steps: list[str] = []
     identity = float(ds.get("RescaleSlope", 1.0) or 1.0) == 1.0 and float(ds.get("RescaleIntercept", 0.0) or 0.0) == 0.0
@@ -352,10 +429,11 @@ def read_roi_mask(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        ds = pydicom.dcmread(path)
-        check_decoder(str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")), path)
+        ds = read_dataset(path)
+        check_dimensions(ds, path)
+        check_decoder(str(ds.file_meta.TransferSyntaxUID), path)
         arr = ds.pixel_array
-    except MissingDecoderError:
+    except DicomReadError:
         raise
     except FileNotFoundError as exc:
         raise DicomReadError(path, "mask file not found") from exc

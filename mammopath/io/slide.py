@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 #: 352.8 µm/px) are treated as absent rather than trusted (openslide PR#349).
 MPP_RANGE: tuple[float, float] = (0.05, 20.0)
 
+#: Most pixels one region read may request (pitfalls §6.4: never read a WSI level wholesale). 2**28 RGB pixels
+#: are 768 MiB; a patch of 224 x 224 at any level is far below it.
+MAX_REGION_PIXELS: int = 1 << 28
+
 
 def _tiffslide() -> Any:
     import tiffslide
@@ -65,10 +69,21 @@ class SlideReader:
         self._pid: int | None = None
         self._lock = threading.Lock()
         slide = self._handle()
-        self.dimensions: tuple[int, int] = tuple(int(v) for v in slide.dimensions)  # type: ignore[assignment]
-        self.level_dimensions: tuple[tuple[int, int], ...] = tuple((int(w), int(h)) for w, h in slide.level_dimensions)
-        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in slide.level_downsamples)
-        self.properties: dict[str, Any] = dict(slide.properties)
+        try:
+            self.dimensions: tuple[int, int] = tuple(int(v) for v in slide.dimensions)  # type: ignore[assignment]
+            self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
+                (int(w), int(h)) for w, h in slide.level_dimensions
+            )
+            self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in slide.level_downsamples)
+            self.properties: dict[str, Any] = dict(slide.properties)
+        except Exception as exc:  # a TIFF header without readable pages or tags
+            self.close()
+            raise SlideReadError(
+                display(self.path), f"cannot open as a tiled TIFF slide ({type(exc).__name__}: {exc})"
+            ) from exc
+        if not self.level_dimensions or min(min(d) for d in self.level_dimensions) <= 0:
+            self.close()
+            raise SlideReadError(display(self.path), f"slide has empty levels {self.level_dimensions}")
         self.mpp, self.mpp_source = self._resolve_mpp()
 
     # -- handle management -------------------------------------------------------------------
@@ -160,6 +175,12 @@ class SlideReader:
             )
         x0, y0 = int(location[0]), int(location[1])
         w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0 or w * h > MAX_REGION_PIXELS:
+            raise SlideReadError(
+                display(self.path),
+                f"region of {w}x{h} pixels requested at level {level}: must be non-empty and at most "
+                f"{MAX_REGION_PIXELS:,} pixels (read large areas as tiles)",
+            )
         ds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
         out = np.empty((h, w, 3), dtype=np.uint8)

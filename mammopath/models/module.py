@@ -39,7 +39,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from mammopath.datamodules.pairing import LabelMap
-from mammopath.errors import ConfigError
+from mammopath.errors import ConfigError, NonFiniteLossError
 from mammopath.losses import Objective, TermFn, task_losses
 from mammopath.losses.contrastive import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, CrossModalContrastiveLoss
 from mammopath.losses.objective import Weight
@@ -73,6 +73,36 @@ def _check_normalization(normalization: Mapping[str, Mapping[str, Sequence[float
             raise ConfigError(f"normalization.{modality}: mean {mean} and std {std} need equal lengths and std > 0")
         result[str(modality)] = {"mean": mean, "std": std}
     return result
+
+
+def rng_states() -> dict[str, Any]:
+    """The torch, NumPy and Python random states as tensors and ints (loadable with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    version, state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype("int64")), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": torch.tensor(state, dtype=torch.int64),
+                   "gauss": python_gauss},
+    }  # fmt: skip
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` stored."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"].cpu())
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+    py = states["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
 
 
 class MammoPathModule(L.LightningModule):
@@ -283,8 +313,17 @@ class MammoPathModule(L.LightningModule):
             mean, std = mean.mean().view(1, 1, 1, 1), std.mean().view(1, 1, 1, 1)
         return (images - mean) / std
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store this process's random states (plain tensors and ints), so a resumed run draws what the run would."""
+        checkpoint["rng_states"] = rng_states()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Take the checkpoint's normalization (what the weights were trained with), whatever the config says."""
+        """Take the checkpoint's normalization (what the weights were trained with), whatever the config says.
+
+        A checkpoint of a run being resumed (``fit --ckpt_path``) also restores the random states it stored.
+        """
+        if "rng_states" in checkpoint and self._trainer is not None and self._trainer.state.fn == "fit":
+            set_rng_states(checkpoint["rng_states"])
         state = checkpoint.get("state_dict", {})
         for modality in self.encoder.modalities:
             for kind in ("mean", "std"):
@@ -370,6 +409,7 @@ class MammoPathModule(L.LightningModule):
         for name, term in self.objective.registered.items():
             terms[name] = term.fn(self, batch, outputs)
         total, weights = self.objective.combine(terms, self.global_step)
+        self._check_finite(total, terms)
         size = sum(len(sub["label"]) for sub in batch.values() if sub is not None)
         for name, value in terms.items():
             self.log(f"loss/{name}", value, batch_size=size)
@@ -377,6 +417,24 @@ class MammoPathModule(L.LightningModule):
             self.log(f"loss_weight/{name}", weights[name], batch_size=size)
         self.log("loss/total", total, prog_bar=True, batch_size=size)
         return {"loss": total, "terms": {k: v.detach() for k, v in terms.items()}, "weights": weights}
+
+    def _check_finite(self, total: Tensor, terms: dict[str, Tensor]) -> None:
+        """Stop the run on a NaN/infinite loss, before it reaches the weights (every rank stops together)."""
+        bad = not bool(torch.isfinite(total.detach()).all())
+        trainer = self._trainer
+        if trainer is not None:
+            bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
+        if not bad:
+            return
+        values = ", ".join(f"{k}={float(v.detach().float().mean()):.4g}" for k, v in terms.items())
+        where = f"epoch {self.current_epoch}, step {self.global_step}" if trainer is not None else "this step"
+        folder = getattr(trainer, "default_root_dir", None)
+        raise NonFiniteLossError(
+            f"the training loss is not finite at {where} ({values}); the run stops before this step updates the "
+            f"weights, and the checkpoints already saved{f' under {folder}' if folder else ''} are kept (resume "
+            "from the last one with --ckpt_path). Usual causes: a learning rate too high, fp16 overflow (use "
+            "bf16-mixed or trainer.gradient_clip_val), or input values that are not finite"
+        )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.alignment:  # open_clip clamps the parameter after each step, so it never drifts past the clamp
