@@ -47,8 +47,18 @@ def test_a_terminal_gets_the_rich_table() -> None:
 
 
 def test_every_numbered_item_has_a_suite() -> None:
-    # (5), test-time adaptation cost, joins with test-time adaptation itself
-    assert set(SUITES) == {"training", "slides", "mammograms", "adapters", "metrics"}
+    assert set(SUITES) == {"training", "slides", "mammograms", "adapters", "tta", "metrics"}
+
+
+def test_tta_cost_lines_carry_the_analytic_floor() -> None:
+    from bench.tta import tta_cost
+
+    results = tta_cost("vit_tiny_patch16_224", batch=2, image_size=32, k=2, repeats=1)
+    floor = 1 + 2 * (12 - 2) / 12  # L = 12 blocks, intervention after the first 2, K = 2
+    checked = [r for r in results if r.target == "<= 1.25"]
+    assert [r.raw for r in checked] == pytest.approx([floor, floor + 4])
+    for line in checked:  # the checked ratio is the reported time ratio over its floor
+        assert line.ours > 1.0 and line.ratio == pytest.approx(line.ours / line.raw)
 
 
 def test_peak_memory_sees_a_large_allocation_every_time() -> None:
