@@ -1,4 +1,4 @@
-"""Determinism and resumption on CPU: same seed → same run; killed at an epoch boundary and resumed → the same weights;
+"""Determinism and resumption on CPU: same seed → same run; killed at an epoch boundary or mid-epoch and resumed → the same weights;
 augmentations differ across workers and epochs but repeat with the seed."""
 
 from __future__ import annotations
@@ -59,6 +59,38 @@ def test_same_seed_same_run_and_epoch_boundary_resume_is_exact(synth_root: Path,
     assert not different, different[:5]
     other_seed = _weights(_fit(synth_root, tmp_path / "e", 2, "--seed_everything=1"))
     assert any(not torch.equal(straight[k], other_seed[k]) for k in straight)  # the comparison can fail
+
+
+def test_mid_epoch_resume_from_a_step_checkpoint_is_exact(synth_root: Path, tmp_path: Path) -> None:
+    """Killed after step 6 (2 of the 4 batches of the second epoch) and resumed: the same final weights and
+    metrics as the uninterrupted run, with augmentations and stochastic depth on (both draw random numbers)."""
+    every = [
+        "--trainer.limit_train_batches=4",
+        "--data.augment=true",
+        "--model.drop_path_rate=0.2",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.every_n_train_steps=2",
+        "--trainer.callbacks.save_top_k=-1",
+        "--trainer.callbacks.filename=step{step}",
+    ]
+
+    def run(out: Path, *extra: str) -> dict[str, torch.Tensor]:
+        _fit(synth_root, out, 2, *every, f"--trainer.callbacks.dirpath={out / 'steps'}", *extra)
+        return _weights(out / "steps" / "stepstep=8.ckpt")  # after the last step
+
+    straight = run(tmp_path / "a")
+    step6 = tmp_path / "a" / "steps" / "stepstep=6.ckpt"
+    state = torch.load(step6, weights_only=True)
+    loader_states = state["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert [s["completed"] for s in loader_states] == [2, 2]  # the batch Lightning had prefetched is not counted
+    resumed = run(tmp_path / "b", f"--ckpt_path={step6}")
+    different = [k for k in straight if not torch.equal(straight[k], resumed[k])]
+    assert not different, different[:5]
+    a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    after = a["step"] > 6  # what the resumed run logged is what the uninterrupted one logged after step 6
+    pd.testing.assert_frame_equal(
+        a[after].reset_index(drop=True), b[b["step"] > 6].reset_index(drop=True), check_dtype=False
+    )
 
 
 def test_augmentations_differ_across_workers_and_epochs_and_repeat_with_the_seed(synth_root: Path) -> None:

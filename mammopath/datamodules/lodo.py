@@ -30,7 +30,8 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, SequentialSampler
 
 from mammopath.datamodules.bad_samples import SkippedSamples
-from mammopath.datamodules.samplers import SlideGroupedSampler, distributed_context, global_seed
+from mammopath.datamodules.resumable import ResumableLoader
+from mammopath.datamodules.samplers import EpochSampler, SlideGroupedSampler, distributed_context, global_seed
 from mammopath.datasets.manifest_dataset import ManifestDataset
 from mammopath.errors import ConfigError
 from mammopath.io.location import Location
@@ -381,26 +382,51 @@ class LodoDataModule(L.LightningDataModule):
             "pin_memory": self.pinned(),
         }
         if train:
-            sampler = None
+            replicas, rank = distributed_context(self.trainer)
+            sampler: EpochSampler
             if self.group_by_slide:
-                replicas, rank = distributed_context(self.trainer)
                 sampler = SlideGroupedSampler(
                     dataset.slide_keys(), self.slide_group_size, num_replicas=replicas, rank=rank, seed=global_seed()
                 )
-            return DataLoader(
-                dataset,
-                batch_size=self.batch_size,
-                shuffle=sampler is None,
-                sampler=sampler,
-                drop_last=len(dataset) > self.batch_size,
-                **workers,
-            )
+            else:  # a uniform shuffle that depends only on (seed, epoch): what a mid-epoch resume needs
+                sampler = EpochSampler(len(dataset), num_replicas=replicas, rank=rank, seed=global_seed())
+            return self.resumable(
+                ResumableLoader(
+                    dataset, batch_size=self.batch_size, sampler=sampler, drop_last=len(dataset) > self.batch_size,
+                    **workers,
+                )
+            )  # fmt: skip
         from mammopath.datamodules.samplers import DomainGroupedBatchSampler
 
         batches = DomainGroupedBatchSampler(
             SequentialSampler(dataset), self.eval_batch_size, drop_last=False, domains=list(dataset.rows["domain"])
         )
         return DataLoader(dataset, batch_sampler=batches, **workers)
+
+    # -- checkpointed state: the training augmentations' generators -----------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation generator state of each training dataset (this process's), for exact resumes.
+
+        Saved in every checkpoint; a run resumed at an epoch boundary continues the augmentations where
+        they were (mid-epoch, :class:`~mammopath.datamodules.resumable.ResumableLoader` refines it to the state
+        before the first batch not yet trained on).
+        """
+        train = getattr(self, "datasets", {}).get("train", {})
+        return {"augment_generators": {m: d.augment_generator().get_state() for m, d in train.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        train = getattr(self, "datasets", {}).get("train", {})
+        for modality, generator_state in state.get("augment_generators", {}).items():
+            if modality in train:
+                train[modality].augment_generator().set_state(generator_state)
+
+    def resumable(self, loader: ResumableLoader) -> ResumableLoader:
+        """Give a training loader the trainer's count of batches processed in the current epoch."""
+        trainer: Any = self.trainer
+        if trainer is not None:  # batches whose training step ran (Lightning fetches one ahead of them)
+            loader.progress = lambda: int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            loader.epoch_length = lambda: float(trainer.num_training_batches)
+        return loader
 
     def pinned(self) -> bool:
         """Page-locked batches: ``pin_memory`` if set, else on when training on CUDA (copies to a GPU)."""

@@ -4,8 +4,10 @@
   :class:`~mammopath.datamodules.pairing.PairedSampler` per modality (lockstep), its unpaired places
   filled domain-balanced when ``balance_domains`` is on;
 - else ``balance_domains`` → one :class:`~mammopath.datamodules.samplers.DomainBalancedSampler` per modality;
-- else a shuffled loader per modality (Lightning shards it under DDP), or slide-grouped runs of patches
-  (:class:`~mammopath.datamodules.samplers.SlideGroupedSampler`) with ``group_by_slide``.
+- else a shuffled loader per modality (:class:`~mammopath.datamodules.samplers.EpochSampler`), or
+  slide-grouped runs of patches (:class:`~mammopath.datamodules.samplers.SlideGroupedSampler`).
+
+Every training loader is a :class:`~mammopath.datamodules.resumable.ResumableLoader` (exact mid-epoch resume).
 
 Seeds come from Lightning's ``seed_everything`` (``PL_GLOBAL_SEED``); world size and rank from the trainer.
 """
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader, Sampler
 
 from mammopath.datamodules.pairing import PairedSampler, shuffled_fill
+from mammopath.datamodules.resumable import ResumableLoader
 from mammopath.datamodules.samplers import DomainBalancedSampler, balanced_fill
 from mammopath.datasets.manifest_dataset import ManifestDataset
 
@@ -39,14 +42,16 @@ def _world(dm: LodoDataModule) -> tuple[int, int]:
 
 
 def _loader(dm: LodoDataModule, dataset: ManifestDataset, sampler: Sampler[Any]) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=dm.batch_size,
-        sampler=sampler,
-        num_workers=dm.num_workers,
-        persistent_workers=dm.num_workers > 0,
-        multiprocessing_context=dm.multiprocessing_context,
-        pin_memory=dm.pinned(),
+    return dm.resumable(
+        ResumableLoader(
+            dataset,
+            batch_size=dm.batch_size,
+            sampler=sampler,
+            num_workers=dm.num_workers,
+            persistent_workers=dm.num_workers > 0,
+            multiprocessing_context=dm.multiprocessing_context,
+            pin_memory=dm.pinned(),
+        )
     )
 
 

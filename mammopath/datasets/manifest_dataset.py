@@ -85,7 +85,7 @@ class ManifestDataset(Dataset):
         crop_breast: crop mammograms to the breast bounding box before resizing.
         augment: random flips / 90° rotations (pathology) and vertical flips (mammography).
         slide_cache_size: open slides kept per process.
-        seed: kept for configuration compatibility (augmentations use torch's per-worker generator).
+        seed: kept for configuration compatibility (augmentations draw from :meth:`augment_generator`).
         storage_options: fsspec options for slides under a URL root (:mod:`mammopath.io.location`).
         on_bad_sample: ``raise`` (default): an unreadable file raises its :class:`~mammopath.errors.DataFormatError`;
             ``skip``: the sample is replaced by the next readable row of the same domain and reported in the
@@ -282,15 +282,34 @@ class ManifestDataset(Dataset):
             "meta": {"dataset": row["dataset"], "parent_id": row.get("parent_id") or "", **extra},
         }
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_augment_generator", None)  # per process: a worker seeds its own
+        return state
+
+    def augment_generator(self) -> torch.Generator:
+        """The augmentations' own generator, one per process, seeded from torch's seed of that process.
+
+        In the main process that is the run's seed (``seed_everything``); in a DataLoader worker, the worker's
+        seed (distinct per worker and rank under ``seed_everything(workers=True)``). Kept apart from torch's
+        global generator so that a resumed run can restore it exactly (:mod:`mammopath.datamodules.resumable`)
+        without the training step's own draws (dropout, MixStyle) interleaving with it.
+        """
+        owner, generator = self.__dict__.get("_augment_generator", (None, None))
+        if owner != os.getpid() or generator is None:  # a forked worker builds its own
+            generator = torch.Generator().manual_seed((torch.initial_seed() + 0x5EED) % 2**63)
+            self.__dict__["_augment_generator"] = (os.getpid(), generator)
+        return generator
+
     def _augment(
         self, image: torch.Tensor, mask: torch.Tensor, modality: str, index: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # torch's global generator is seeded per worker by Lightning's seed_everything(workers=True)
+        g = self.augment_generator()
         if modality == "patho":
-            k = int(torch.randint(0, 4, ()).item())
+            k = int(torch.randint(0, 4, (), generator=g).item())
             image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (0, 1))
-            if torch.rand(()) < 0.5:
+            if torch.rand((), generator=g) < 0.5:
                 image, mask = image.flip(2), mask.flip(1)
-        elif torch.rand(()) < 0.5:
+        elif torch.rand((), generator=g) < 0.5:
             image, mask = image.flip(1), mask.flip(0)
         return image.contiguous(), mask.contiguous()
