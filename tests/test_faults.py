@@ -7,35 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import squash, tiny_fit_args
 
 from mammopath.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _squash(text: str) -> str:
-    """Console text without whitespace (rich wraps long lines anywhere)."""
-    return "".join(str(text).split())
-
-
-def _fit(synth_root: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config", str(REPO / "tests/conf/tiny.yaml"),
-        "--config", str(REPO / "tests/conf/synth.yaml"),
-        f"--data.manifest={synth_root / 'manifest.csv'}",
-        f"--trainer.default_root_dir={out}",
-        "--trainer.limit_val_batches=1",
-        "--trainer.num_sanity_val_steps=0",
-        *extra,
-    ]  # fmt: skip
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ckpts = tmp_path / "ckpt"
-    args = _fit(
+    args = tiny_fit_args(
         synth_root, tmp_path,
         "--model.optimizer.class_path=torch.optim.SGD",
         "--model.optimizer.init_args.lr=1e30",  # one step blows the weights up: a later loss is not finite
@@ -47,9 +28,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
         "--trainer.callbacks.save_top_k=-1",
     )  # fmt: skip
     assert main(args) == 2
-    printed = _squash(capsys.readouterr().out)
-    assert _squash("the training loss is not finite at epoch 0, step") in printed
-    assert _squash("checkpoints already saved") in printed
+    printed = squash(capsys.readouterr().out)
+    assert squash("the training loss is not finite at epoch 0, step") in printed
+    assert squash("checkpoints already saved") in printed
     saved = sorted(ckpts.glob("*.ckpt"))
     assert saved, "the checkpoints written before the bad step are kept"
     for path in saved:
@@ -63,12 +44,12 @@ def test_unwritable_output_folder_fails_before_training(
 ) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")  # a folder under a regular file cannot be created, even by root
-    assert main(_fit(synth_root, blocker / "run", "--trainer.max_steps=1")) == 2
-    printed = _squash(capsys.readouterr().out)
-    assert _squash(f"output folder {blocker / 'run'} is not writable") in printed
-    assert main(_fit(synth_root, tmp_path / "run", "--trainer.max_steps=1", "--min_free_space_mb=1e15")) == 2
-    printed = _squash(capsys.readouterr().out)
-    assert _squash("MiB free, less than --min_free_space_mb=1e+15") in printed
+    assert main(tiny_fit_args(synth_root, blocker / "run", "--trainer.max_steps=1")) == 2
+    printed = squash(capsys.readouterr().out)
+    assert squash(f"output folder {blocker / 'run'} is not writable") in printed
+    assert main(tiny_fit_args(synth_root, tmp_path / "run", "--trainer.max_steps=1", "--min_free_space_mb=1e15")) == 2
+    printed = squash(capsys.readouterr().out)
+    assert squash("MiB free, less than --min_free_space_mb=1e+15") in printed
     assert not list((tmp_path / "run").rglob("*.ckpt")) and not (tmp_path / "run" / "lightning_logs").exists()
 
 

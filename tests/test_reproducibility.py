@@ -1,5 +1,5 @@
-"""Determinism and resumption on CPU: same seed → same run; killed at an epoch boundary or mid-epoch and resumed → the same weights;
-augmentations differ across workers and epochs but repeat with the seed."""
+"""Determinism and resumption on CPU: same seed → same run; killed at an epoch boundary or mid-epoch and resumed →
+the same weights; augmentations differ across workers and epochs but repeat with the seed."""
 
 from __future__ import annotations
 

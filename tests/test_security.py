@@ -8,15 +8,12 @@ from pathlib import Path
 import jsonargparse._common as jsonargparse_settings
 import pytest
 import torch
+from helpers import squash
 
 from mammopath.cli import main
 from mammopath.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _squash(text: str) -> str:
-    return "".join(str(text).split())
 
 
 class Payload:
@@ -59,11 +56,11 @@ def test_pickled_payload_is_refused_everywhere_and_never_runs(
     ]  # fmt: skip
     for command in ("fit", "test"):  # resume or evaluate from the file through the CLI
         assert main([command, *args, f"--ckpt_path={evil}"]) == 2
-        printed = _squash(capsys.readouterr().out)
-        assert _squash(f"{evil}: refused: the checkpoint holds Python objects (getattr)") in printed
+        printed = squash(capsys.readouterr().out)
+        assert squash(f"{evil}: refused: the checkpoint holds Python objects (getattr)") in printed
     absent = tmp_path / "absent.ckpt"
     assert main(["fit", *args, f"--ckpt_path={absent}", "--weights_only=false"]) == 2  # needs the trust variable
-    assert _squash("weights_only=false would run any code") in _squash(capsys.readouterr().out)
+    assert squash("weights_only=false would run any code") in squash(capsys.readouterr().out)
     assert not marker.exists()  # the payload never ran
     torch.load(evil, weights_only=False)  # the control: the payload is real and runs when unpickling is allowed
     assert marker.exists()

@@ -149,14 +149,9 @@ class PairedSampler(DistributedSampler):
         rank: int | None = None,
         fill: FillPolicy = shuffled_fill,
     ) -> None:
-        from mammopath.losses.distributed import is_distributed
+        from mammopath.datamodules.samplers import replica_context
 
-        world = (
-            num_replicas
-            if num_replicas is not None
-            else (torch.distributed.get_world_size() if is_distributed() else 1)
-        )
-        me = rank if rank is not None else (torch.distributed.get_rank() if is_distributed() else 0)
+        world, me = replica_context(num_replicas, rank)
         super().__init__(dataset, num_replicas=world, rank=me, shuffle=False, seed=seed, drop_last=True)
         if not 0 < paired_per_batch <= batch_size:
             raise ConfigError(f"paired_per_batch must be in [1, batch_size={batch_size}]; got {paired_per_batch}")

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
 from mammopath.errors import ConfigError
@@ -101,14 +102,7 @@ class DomainBalancedSampler(DistributedSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        from mammopath.losses.distributed import is_distributed
-
-        world = (
-            num_replicas
-            if num_replicas is not None
-            else (torch.distributed.get_world_size() if is_distributed() else 1)
-        )
-        me = rank if rank is not None else (torch.distributed.get_rank() if is_distributed() else 0)
+        world, me = replica_context(num_replicas, rank)
         super().__init__(dataset, num_replicas=world, rank=me, shuffle=False, seed=seed, drop_last=True)
         if len(strata) != len(dataset):  # type: ignore[arg-type]
             raise ConfigError(f"strata has {len(strata)} entries for {len(dataset)} rows")  # type: ignore[arg-type]
@@ -260,6 +254,15 @@ class SlideGroupedSampler(EpochSampler):
         if not runs:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
+
+
+def replica_context(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """``(num_replicas, rank)`` as given, else those of the initialized process group, else ``(1, 0)``."""
+    from mammopath.losses.distributed import is_distributed
+
+    world = num_replicas if num_replicas is not None else (dist.get_world_size() if is_distributed() else 1)
+    me = rank if rank is not None else (dist.get_rank() if is_distributed() else 0)
+    return world, me
 
 
 def distributed_context(trainer: Any) -> tuple[int, int]:

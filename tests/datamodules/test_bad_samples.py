@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import squash, tiny_fit_args
 
 from mammopath.cli import main
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -25,30 +24,12 @@ def broken_data(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return data, str(row["path"])
 
 
-def _squash(text: str) -> str:
-    """Console text without whitespace (rich wraps long lines anywhere)."""
-    return "".join(str(text).split())
-
-
-def _args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config", str(REPO / "tests/conf/tiny.yaml"),
-        "--config", str(REPO / "tests/conf/synth.yaml"),
-        f"--data.manifest={data / 'manifest.csv'}",
-        f"--trainer.default_root_dir={out}",
-        "--trainer.limit_val_batches=1",
-        "--trainer.num_sanity_val_steps=0",
-        *extra,
-    ]  # fmt: skip
-
-
 def test_skip_policy_finishes_and_records_the_file(
     broken_data: tuple[Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data, bad = broken_data
     out = tmp_path / "run"
-    args = _args(
+    args = tiny_fit_args(
         data, out, "--data.on_bad_sample=skip", "--trainer.limit_train_batches=3",
         "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger", f"--trainer.logger.save_dir={out / 'tb'}",
     )  # fmt: skip
@@ -70,18 +51,18 @@ def test_raise_policy_names_the_file(
     broken_data: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, bad = broken_data
-    assert main(_args(data, tmp_path)) == 2
-    printed = _squash(capsys.readouterr().out)
-    assert _squash(bad.rsplit("/", 1)[-1]) in printed and _squash("pixel data cannot be decoded") in printed
+    assert main(tiny_fit_args(data, tmp_path)) == 2
+    printed = squash(capsys.readouterr().out)
+    assert squash(bad.rsplit("/", 1)[-1]) in printed and squash("pixel data cannot be decoded") in printed
 
 
 def test_too_many_bad_samples_stop_the_run(
     broken_data: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, bad = broken_data
-    assert main(_args(data, tmp_path, "--data.on_bad_sample=skip", "--data.max_bad_fraction=0.01")) == 2
-    printed = _squash(capsys.readouterr().out)
-    assert _squash("skipped.csv") in printed and _squash("max_bad_fraction=0.01") in printed
+    assert main(tiny_fit_args(data, tmp_path, "--data.on_bad_sample=skip", "--data.max_bad_fraction=0.01")) == 2
+    printed = squash(capsys.readouterr().out)
+    assert squash("skipped.csv") in printed and squash("max_bad_fraction=0.01") in printed
     assert set(pd.read_csv(tmp_path / "skipped.csv")["file"]) == {bad}
 
 
@@ -89,9 +70,9 @@ def test_preflight_fails_before_training(
     broken_data: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, bad = broken_data
-    assert main(_args(data, tmp_path, "--data.preflight=true", "--trainer.enable_checkpointing=true")) == 2
-    printed = _squash(capsys.readouterr().out)
-    assert _squash(bad) in printed and _squash("cannot be decoded") in printed
+    assert main(tiny_fit_args(data, tmp_path, "--data.preflight=true", "--trainer.enable_checkpointing=true")) == 2
+    printed = squash(capsys.readouterr().out)
+    assert squash(bad) in printed and squash("cannot be decoded") in printed
     assert not list(tmp_path.rglob("*.ckpt"))  # stopped at setup: no step was trained
 
 
@@ -108,12 +89,12 @@ def test_validate_manifest_decode_reports_every_bad_file(
     assert main(["validate-manifest", str(data / "manifest.csv")]) == 0  # files exist: the plain check passes
     capsys.readouterr()
     assert main(["validate-manifest", str(data / "manifest.csv"), "--decode", "--workers=2"]) == 2
-    printed = _squash(capsys.readouterr().out)
-    assert _squash("3 problem(s)") in printed
+    printed = squash(capsys.readouterr().out)
+    assert squash("3 problem(s)") in printed
     expected = [
         (broken_data[1], "pixel data cannot be decoded"),
         (slide, "cannot open as a tiled TIFF"),
         (notes, "not a DICOM"),
     ]
     for path, reason in expected:
-        assert _squash(path) in printed and _squash(reason) in printed, (path, reason)
+        assert squash(path) in printed and squash(reason) in printed, (path, reason)
