@@ -32,7 +32,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,12 +308,15 @@ def _paired_bootstrap(
     return point, float(low), float(high)
 
 
-def paired_deltas(grid: Grid, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def paired_deltas(
+    grid: Grid, n_boot: int = 1000, seed: int = 0, pairs: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """Per held-out domain: held-out AUROC of each method minus the baseline, with a paired patient bootstrap CI.
 
     The two methods' predictions of the same seed are paired by sample; each bootstrap resample draws the
     domain's patients with replacement once and recomputes both AUROCs on it; the difference is averaged
-    over the seeds both methods finished.
+    over the seeds both methods finished. ``pairs`` (method -> the method it is compared with) replaces the
+    default comparison of every method with ``grid.baseline``.
     """
     sweep = Sweep(grid)
     predictions: dict[tuple[str, str, int], pd.DataFrame] = {}
@@ -324,22 +327,19 @@ def paired_deltas(grid: Grid, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame
             predictions[(run.fold, run.method, run.seed)] = frame[(frame["role"] == "heldout") & (frame["label"] >= 0)]
     rng = np.random.default_rng(seed)
     rows = []
+    comparisons = dict(pairs) if pairs is not None else {m: grid.baseline for m in grid.methods if m != grid.baseline}
     for fold in grid.folds:
-        for method in grid.methods:
-            if method == grid.baseline:
-                continue
-            seeds = [
-                s for s in grid.seeds if (fold, method, s) in predictions and (fold, grid.baseline, s) in predictions
-            ]
+        for method, baseline in comparisons.items():
+            seeds = [s for s in grid.seeds if (fold, method, s) in predictions and (fold, baseline, s) in predictions]
             if not seeds:
                 continue
-            base = pd.concat([predictions[(fold, grid.baseline, s)].assign(seed=s) for s in seeds])
+            base = pd.concat([predictions[(fold, baseline, s)].assign(seed=s) for s in seeds])
             other = pd.concat([predictions[(fold, method, s)].assign(seed=s) for s in seeds])
             merged = base.merge(other[["seed", "sample_id", "score"]], on=["seed", "sample_id"], suffixes=("", "_m"))
             for (modality, domain), group in merged.groupby(["modality", "domain"]):
                 point, low, high = _paired_bootstrap(group, seeds, n_boot, rng)
                 rows.append(
-                    {"fold": fold, "method": method, "baseline": grid.baseline, "modality": modality,
+                    {"fold": fold, "method": method, "baseline": baseline, "modality": modality,
                      "heldout_domain": domain, "n_seeds": len(seeds), "n_patients": group["patient_id"].nunique(),
                      "delta_auroc": point, "ci_low": low, "ci_high": high}
                 )  # fmt: skip
@@ -353,10 +353,16 @@ def write_summary(grid: Grid, n_boot: int = 1000) -> tuple[pd.DataFrame, pd.Data
     out = Path(grid.results_dir) / grid.name
     summary, deltas = summarize(grid), paired_deltas(grid, n_boot=n_boot)
     write_frame(out / "summary.csv", summary)
-    atomic_write(out / "summary.md", to_markdown(summary, f"{grid.name}: held-out AUROC, mean ± sd over seeds"))
+    title = f"{grid.name}: held-out AUROC, mean ± sd over seeds"
+    atomic_write(out / "summary.md", to_markdown(summary, title, columns=list(summary.columns)))
     write_frame(out / "deltas.csv", deltas)
     title = f"{grid.name}: method − {grid.baseline}, held-out AUROC, paired patient bootstrap 95% CI"
-    atomic_write(out / "deltas.md", to_markdown(deltas, title))
+    atomic_write(out / "deltas.md", to_markdown(deltas, title, columns=list(deltas.columns)))
+    if grid.test_only:  # a test-time variant against the very checkpoints it adapts
+        vs_source = paired_deltas(grid, n_boot=n_boot, pairs=grid.test_only)
+        write_frame(out / "deltas_vs_source.csv", vs_source)
+        title = f"{grid.name}: test-time variant − the method it tests, held-out AUROC, paired patient bootstrap 95% CI"
+        atomic_write(out / "deltas_vs_source.md", to_markdown(vs_source, title, columns=list(vs_source.columns)))
     return summary, deltas
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from mammopath.errors import ConfigError
-from mammopath.sweep import Grid, Sweep, main, runs_of
+from mammopath.sweep import Grid, Sweep, main, paired_deltas, runs_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +52,12 @@ def test_sweep_runs_skips_and_summarizes(synth_root: Path, tmp_path: Path, monke
     assert set(summary["method"]) == {"erm", "irm"} and set(summary["heldout_domain"]) == {"hospital_c", "centre_3"}
     deltas = pd.read_csv(Path("results/tiny/deltas.csv"))
     assert set(deltas["method"]) == {"irm"} and (deltas["ci_low"] <= deltas["ci_high"]).all()
+    reverse = paired_deltas(grid, n_boot=50, pairs={"erm": "irm"})  # any pairing, e.g. TTA vs its source
+    assert (reverse["baseline"] == "irm").all()
+    np.testing.assert_allclose(reverse["delta_auroc"].to_numpy(), -deltas["delta_auroc"].to_numpy(), atol=1e-9)
+    for name, frame in (("summary", summary), ("deltas", deltas)):  # the Markdown tables carry every column
+        header = Path(f"results/tiny/{name}.md").read_text().splitlines()[2]
+        assert header == "| " + " | ".join(frame.columns) + " |"
     logs = {r.id: (sweep.results(r) / "sweep.log").read_text().count("$ ") for r in runs_of(grid)}
     first_summary = pd.read_csv(Path("results/tiny/summary.csv"))
     # a second call runs nothing; a run whose marker is gone runs again (its fit resumes from last.ckpt)
