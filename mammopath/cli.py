@@ -44,6 +44,8 @@ def _cmd_synth(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mammo-patients", type=int, default=None, help="patients per mammography domain")
     parser.add_argument("--slides", type=int, default=None, help="slides per pathology domain")
+    parser.add_argument("--test-patients", type=int, default=None, help="test patients per mammography domain")
+    parser.add_argument("--test-slides", type=int, default=None, help="test slides per pathology domain")
     parser.add_argument("--paired-patients", type=int, default=None, help="patients of the paired cohort")
     parser.add_argument("--no-paired", action="store_true", help="skip the paired (both modalities) cohort")
     parser.add_argument("--no-releases", action="store_true", help="skip the five benchmark releases")
@@ -54,6 +56,10 @@ def _cmd_synth(argv: Sequence[str]) -> int:
         overrides["mammo_patients_per_domain"] = args.mammo_patients
     if args.slides is not None:
         overrides["slides_per_domain"] = args.slides
+    if args.test_patients is not None:
+        overrides["mammo_test_patients"] = args.test_patients
+    if args.test_slides is not None:
+        overrides["test_slides_per_domain"] = args.test_slides
     if args.paired_patients is not None:
         overrides["paired_patients"] = args.paired_patients
     if overrides:

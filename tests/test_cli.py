@@ -66,7 +66,8 @@ def test_data_command_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_synth_then_prepare_through_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "synth"
-    assert main(["synth", "--out", str(out), "--mammo-patients", "3", "--slides", "3", "--no-paired"]) == 0
+    small = ["--mammo-patients", "3", "--slides", "3", "--test-patients", "2", "--test-slides", "1"]
+    assert main(["synth", "--out", str(out), *small, "--no-paired"]) == 0
     printed = capsys.readouterr().out
     assert "multi-hospital benchmark" in printed and "benchmark releases" in printed
     assert (out / "manifest.csv").is_file() and not (out / "paired_manifest.csv").exists()
