@@ -19,8 +19,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed ## create .venv and install mammopath (editable) with dev tools
 
+# the demo and reproduce-demo need no marker-free oracle copies (experiments/sweeps/dg_synth.yaml does:
+# write its data with `mammopath synth --out data/synth`)
 $(SYNTH)/manifest.csv: | $(BIN)/.installed
-	$(BIN)/mammopath synth --out $(SYNTH) --seed 0
+	$(BIN)/mammopath synth --out $(SYNTH) --seed 0 --no-oracle
 
 RELEASES := cbis-ddsm:. inbreast:. bach:ICIAR2018_BACH_Challenge camelyon16:CAMELYON16 camelyon17:CAMELYON17
 

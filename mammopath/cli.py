@@ -49,6 +49,9 @@ def _cmd_synth(argv: Sequence[str]) -> int:
     parser.add_argument("--paired-patients", type=int, default=None, help="patients of the paired cohort")
     parser.add_argument("--no-paired", action="store_true", help="skip the paired (both modalities) cohort")
     parser.add_argument("--no-releases", action="store_true", help="skip the five benchmark releases")
+    parser.add_argument(
+        "--no-oracle", action="store_true", help="skip the marker-free copies (only the synthetic oracle reads them)"
+    )
     args = parser.parse_args(argv)
     cfg = SynthConfig()
     overrides = {}
@@ -62,6 +65,8 @@ def _cmd_synth(argv: Sequence[str]) -> int:
         overrides["test_slides_per_domain"] = args.test_slides
     if args.paired_patients is not None:
         overrides["paired_patients"] = args.paired_patients
+    if args.no_oracle:
+        overrides["oracle"] = False
     if overrides:
         from dataclasses import replace
 
