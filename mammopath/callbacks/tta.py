@@ -212,8 +212,8 @@ class TestTimeAdaptation(L.Callback):
         return out
 
     def adapt(self, pl_module: Any, batch: dict[str, Any], modality: str) -> None:
-        """One adaptation step on this batch."""
-        raise NotImplementedError
+        """One adaptation step on this batch (the abstract hook: TENT and CausalTTA implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement adapt() to use update=True")
 
 
 class TENT(TestTimeAdaptation):
