@@ -30,6 +30,15 @@ LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = 100.0
 
 
+def scale_grad(x: Tensor, scale: float) -> Tensor:
+    """``x`` in the forward pass; its gradient multiplied by ``scale`` in the backward pass (0 = detached)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return x.detach() + scale * (x - x.detach())
+
+
 def _direction(logits: Tensor, positives: Tensor) -> Tensor | None:
     """Mean over anchors (rows) with a positive of −(1/|P_i|) Σ_{j∈P_i} log softmax(logits_i)_j; None if none."""
     has = positives.any(dim=1)
@@ -112,16 +121,22 @@ class CrossModalContrastiveLoss:
 
     The global batch is split by pairing kind: the samples of truly paired patients are contrasted among
     themselves (patient-level positives, the other paired patients as negatives) and the samples of
-    unpaired patients among themselves (label-level positives); the loss is the mean of the terms present.
-    Keeping the two apart stops the label-level clusters of a large unpaired cohort from swamping the
-    softmax of the few paired anchors in each step.
+    unpaired patients among themselves (label-level positives); when both are present the loss is
+    ``(patient_term + w · label_term) / (1 + w)`` (``w = label_level_weight``; 1 = their mean), otherwise the
+    term present. Keeping the two apart stops the label-level clusters of a large unpaired cohort from
+    swamping the softmax of the few paired anchors in each step; ``w < 1`` also weakens the label-level pull
+    towards one point per class, which works against telling paired patients of one class apart.
 
     Args:
         intra_modal: weight of the optional intra-modal SupCon term (0 = off).
+        label_level_weight: ``w`` above (>= 0).
     """
 
-    def __init__(self, intra_modal: float = 0.0) -> None:
+    def __init__(self, intra_modal: float = 0.0, label_level_weight: float = 1.0) -> None:
+        if label_level_weight < 0:
+            raise ConfigError(f"align_label_level_weight must be >= 0; got {label_level_weight}")
         self.intra_modal = float(intra_modal)
+        self.label_level_weight = float(label_level_weight)
 
     def __call__(
         self,
@@ -139,7 +154,7 @@ class CrossModalContrastiveLoss:
         km, kp = full_k["mammo"], full_k["patho"]
         zm, zp = full_z["mammo"], full_z["patho"]
         # one term per pairing kind: true pairs contrast among true pairs, label-level pairs among the unpaired
-        terms = []
+        terms, weights = [], []
         for kind in (True, False):
             rows, cols = km["paired"] == kind, kp["paired"] == kind
             if bool(rows.any()) and bool(cols.any()):
@@ -148,8 +163,11 @@ class CrossModalContrastiveLoss:
                     kp["patient"][cols], kp["cls"][cols], kp["paired"][cols],
                 )  # fmt: skip
                 terms.append(cross_modal_contrastive_loss(zm[rows], zp[cols], pos, logit_scale))
-        if terms:
-            loss = sum(terms[1:], start=terms[0]) / len(terms)
+                weights.append(1.0 if kind else self.label_level_weight)
+        if len(terms) == 2:
+            loss = (terms[0] + weights[1] * terms[1]) / (1.0 + weights[1])
+        elif terms:
+            loss = terms[0]
         else:  # one modality has only paired rows, the other only unpaired ones: nothing is positive
             loss = cross_modal_contrastive_loss(zm[:0], zp[:0], torch.zeros(0, 0, dtype=torch.bool), logit_scale)
             loss = loss + zero_with_grad(zm, zp)

@@ -41,7 +41,12 @@ from torch import Tensor, nn
 from mammopath.datamodules.pairing import LabelMap
 from mammopath.errors import ConfigError, NonFiniteLossError
 from mammopath.losses import Objective, TermFn, task_losses
-from mammopath.losses.contrastive import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, CrossModalContrastiveLoss
+from mammopath.losses.contrastive import (
+    LOGIT_SCALE_INIT,
+    LOGIT_SCALE_MAX,
+    CrossModalContrastiveLoss,
+    scale_grad,
+)
 from mammopath.losses.objective import Weight
 from mammopath.metrics.evaluation import Evaluation
 from mammopath.models.encoders import ViTEncoder
@@ -145,6 +150,13 @@ class MammoPathModule(L.LightningModule):
         align_label_map: label-level positives: ``malignancy`` or ``{scheme: [class per grade]}``
             (:class:`~mammopath.datamodules.pairing.LabelMap`); patients with both modalities pair by patient.
         align_intra_modal: weight of the optional intra-modal SupCon term.
+        align_label_level_weight: weight of the label-level term (samples of unpaired patients) against the
+            patient-level term (truly paired patients) when a step holds both; 1 = their mean. Label-level
+            positives ask every sample of a class to look alike, which works against telling paired patients
+            apart (docs/alignment.md); a step with only one kind uses that term alone, whatever the weight.
+        align_encoder_grad: scale of the alignment gradient that reaches the encoder (1 = joint training; 0 =
+            the alignment trains only the projectors and the temperature on the encoder's features, as LiT
+            locks its image tower, while the task heads keep training the encoder). The forward pass is the same.
         style_bank_size: source-domain token styles kept per modality for test-time adaptation (0 = none);
             filled by the ``StyleBank`` callback, saved in every checkpoint.
         style_layer: the block after which styles are recorded and intervened on at test time (default the
@@ -181,6 +193,8 @@ class MammoPathModule(L.LightningModule):
         projection_dim: int = 128,
         align_label_map: str | dict[str, list[int]] = "malignancy",
         align_intra_modal: float = 0.0,
+        align_label_level_weight: float = 1.0,
+        align_encoder_grad: float = 1.0,
         style_bank_size: int = 64,
         style_layer: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -233,7 +247,12 @@ class MammoPathModule(L.LightningModule):
         self.style_bank = TokenStyleBank(self.encoder.modalities, style_bank_size, self.encoder.embed_dim, style_layer)
         self.alignment = alignment
         self.label_map = LabelMap.parse(align_label_map)
-        self.align_loss = CrossModalContrastiveLoss(intra_modal=align_intra_modal)
+        self.align_loss = CrossModalContrastiveLoss(
+            intra_modal=align_intra_modal, label_level_weight=align_label_level_weight
+        )
+        if not 0.0 <= align_encoder_grad <= 1.0:
+            raise ConfigError(f"align_encoder_grad must be in [0, 1]; got {align_encoder_grad}")
+        self.align_encoder_grad = float(align_encoder_grad)
         if alignment:
             self.projectors = nn.ModuleDict(
                 {
@@ -360,7 +379,8 @@ class MammoPathModule(L.LightningModule):
             for scheme, logits in self.grader(enc["features"]).items():
                 out["grade_" + scheme] = logits
         if self.alignment:  # from the mean patch token: content everywhere in the image, not only the class token
-            out["embedding"] = F.normalize(self.projectors[modality](enc["tokens"].mean(dim=1)), dim=1)
+            pooled = scale_grad(enc["tokens"].mean(dim=1), self.align_encoder_grad)
+            out["embedding"] = F.normalize(self.projectors[modality](pooled), dim=1)
         return out
 
     # -- alignment -------------------------------------------------------------------------------

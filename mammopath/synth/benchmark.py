@@ -83,7 +83,14 @@ def write_paired_cohort(
         for _attempt in range(8):  # the patient's label must be visible in at least one patch
             slide = render_slide(rng, size, lesions, pstyle, None, lesion_size=lesion_size, density=density)
             patches = patch_rows_for_slide(
-                slide_id, slide.grade_map, slide.tissue, pstyle.mpp, cfg.patch_size, cfg.patch_mpp, rng, max_patches=12
+                slide_id,
+                slide.grade_map,
+                slide.tissue,
+                pstyle.mpp,
+                cfg.patch_size,
+                cfg.patch_mpp,
+                rng,
+                max_patches=cfg.paired_patches,
             )
             if patches and (not malignant or any(p["label"] == 1 for p in patches)):
                 break

@@ -63,7 +63,8 @@ class SynthConfig:
     tile: int = 256
     patch_size: int = 64
     patch_mpp: float = 1.0
-    paired_patients: int = 80  # 16 test patients (60/20/20 per class)
+    paired_patients: int = 160  # 32 test patients (60/20/20 per class): patient-level R@1 in steps of 1/32
+    paired_patches: int = 6  # patches per paired slide (lesion patches first, as in the multi-hospital cohort)
     mammo_styles: tuple[MammoStyle, ...] = field(
         default_factory=lambda: (
             MammoStyle("hospital_a", bits_stored=16, gamma=1.0, noise=0.01, spacing_tag="ImagerPixelSpacing"),
