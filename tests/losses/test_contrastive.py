@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from mammopath.errors import ConfigError
-from mammopath.losses.contrastive import (
+from mammopath.losses import (
+    CrossModalContrastiveLoss,
     cross_modal_contrastive_loss,
     intra_modal_contrastive_loss,
     positive_matrix,
+    scale_grad,
 )
 
 
@@ -103,3 +105,54 @@ def test_intra_modal_term_excludes_self() -> None:
     expected = -(torch.log_softmax(logits, 1).masked_fill(torch.eye(4, dtype=torch.bool), 0).sum(1) / 3).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert intra_modal_contrastive_loss(z[:1], pos[:1, :1], 5.0).item() == 0.0
+
+
+def _step(seed: int) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """A step with 3 paired patients (both modalities) and 4 unpaired samples per modality."""
+    g = torch.Generator().manual_seed(seed)
+    z = {"mammo": torch.randn(7, 5, generator=g), "patho": torch.randn(7, 5, generator=g)}
+    patients = {"mammo": [0, 1, 2, 10, 11, 12, 13], "patho": [2, 0, 1, 20, 21, 22, 23]}
+    classes = {"mammo": [0, 1, 0, 0, 1, 1, 0], "patho": [0, 0, 1, 1, 0, 1, 0]}
+    keys = {
+        m: {
+            "patient": torch.tensor(patients[m]),
+            "cls": torch.tensor(classes[m]),
+            "paired": torch.tensor([True] * 3 + [False] * 4),
+        }
+        for m in z
+    }
+    return z, keys
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.25, 1.0, 3.0])
+def test_label_level_weight_balances_the_two_pairing_kinds(weight: float) -> None:
+    z, keys = _step(0)
+    loss = CrossModalContrastiveLoss(label_level_weight=weight)(z, keys, torch.tensor(7.0))
+    # independently: the patient-level term on the paired rows, the label-level term on the unpaired ones
+    paired = torch.tensor([[p == q for q in keys["patho"]["patient"][:3].tolist()] for p in [0, 1, 2]])
+    cm, cp = keys["mammo"]["cls"][3:].tolist(), keys["patho"]["cls"][3:].tolist()
+    labelled = torch.tensor([[a == b for b in cp] for a in cm])
+    patient_term = naive(z["mammo"][:3], z["patho"][:3], paired, 7.0)
+    label_term = naive(z["mammo"][3:], z["patho"][3:], labelled, 7.0)
+    assert loss.item() == pytest.approx((patient_term + weight * label_term) / (1 + weight), rel=1e-5)
+
+
+def test_label_level_weight_is_ignored_when_a_step_has_one_pairing_kind() -> None:
+    z, keys = _step(1)
+    only = {m: z[m][3:] for m in z}
+    only_keys = {m: {k: v[3:] for k, v in keys[m].items()} for m in keys}
+    a = CrossModalContrastiveLoss(label_level_weight=1.0)(only, only_keys, torch.tensor(5.0))
+    b = CrossModalContrastiveLoss(label_level_weight=0.1)(only, only_keys, torch.tensor(5.0))
+    assert a.item() == pytest.approx(b.item(), rel=1e-6) and a.item() > 0
+    with pytest.raises(ConfigError, match="align_label_level_weight"):
+        CrossModalContrastiveLoss(label_level_weight=-0.5)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.3, 1.0])
+def test_scale_grad_keeps_the_forward_and_scales_the_gradient(scale: float) -> None:
+    x = torch.randn(4, 3, requires_grad=True)
+    y = scale_grad(x, scale)
+    assert torch.equal(y, x)
+    ((y**2).sum() + 0.0 * x.sum()).backward()  # the second term keeps a graph when y is detached
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, scale * 2 * x.detach())

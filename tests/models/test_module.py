@@ -115,3 +115,35 @@ def test_normalization_travels_in_the_checkpoint() -> None:
     torch.testing.assert_close(fresh.normalize(images, "mammo"), (images - 0.3) / 0.2)
     with pytest.raises(ConfigError, match="equal lengths"):
         _module(normalization={"patho": {"mean": [0.5, 0.5], "std": [0.2]}})
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
+def test_align_encoder_grad_scales_what_the_alignment_sends_into_the_encoder(scale: float) -> None:
+    torch.manual_seed(0)
+    module = _module(alignment=True, align_encoder_grad=scale)
+    reference = _module(alignment=True)
+    reference.load_state_dict(module.state_dict())
+    images = torch.rand(3, 1, 32, 32)
+    grads = []
+    for m in (module, reference):
+        m.zero_grad()
+        out = m(images, "mammo")
+        assert torch.equal(out["embedding"], reference(images, "mammo")["embedding"])  # the forward is the same
+        (out["embedding"] * torch.arange(out["embedding"].shape[1])).sum().backward()
+        encoder = [p.grad for p in m.encoder.parameters() if p.requires_grad]
+        projector = [p.grad for p in m.projectors.parameters()]
+        grads.append((encoder, projector))
+    (enc, proj), (ref_enc, ref_proj) = grads
+    for a, b in zip(proj, ref_proj, strict=True):
+        torch.testing.assert_close(a, b)  # the projector learns as before
+    for a, b in zip(enc, ref_enc, strict=True):
+        if scale == 0.0:
+            assert a is None or not bool(a.any())
+        elif b is not None:
+            torch.testing.assert_close(a, scale * b)
+    assert any(b is not None and bool(b.any()) for b in ref_enc)
+
+
+def test_align_encoder_grad_must_be_a_fraction() -> None:
+    with pytest.raises(ConfigError, match="align_encoder_grad"):
+        _module(alignment=True, align_encoder_grad=1.5)
