@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammopath.errors import ConfigError
 from mammopath.manifest import write_manifest
 from mammopath.synth.cohort import (
     Progress,
@@ -58,6 +59,8 @@ def write_paired_cohort(
     ``patient_id`` and the domain ``paired_site``, and the split is by patient (60/20/20 per class), so
     cross-modal alignment can use real pairs here (the public benchmarks offer none).
     """
+    if cfg.paired_patches < 1:
+        raise ConfigError(f"SynthConfig.paired_patches must be >= 1 (patches per slide); got {cfg.paired_patches}")
     mstyle = MammoStyle("paired_site", bits_stored=14, gamma=1.1, noise=0.015)
     pstyle = PathoStyle("paired_site", jpeg_quality=90, mpp=0.5)
     patients = [f"PP{i:04d}" for i in range(cfg.paired_patients)]

@@ -134,3 +134,12 @@ def test_seeded_and_deterministic(tmp_path: Path) -> None:
     make_synth_benchmark(tmp_path / "b", seed=5, cfg=cfg, paired=False)
     make_synth_benchmark(tmp_path / "c", seed=6, cfg=cfg, paired=False)
     assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
+
+
+def test_paired_patches_must_be_positive(tmp_path: Path) -> None:
+    from mammopath.errors import ConfigError
+    from mammopath.synth.benchmark import write_paired_cohort
+
+    with pytest.raises(ConfigError, match="paired_patches"):
+        write_paired_cohort(tmp_path, replace(SynthConfig(), paired_patches=0), np.random.default_rng(0))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
