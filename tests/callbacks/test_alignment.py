@@ -60,3 +60,31 @@ def test_alignment_curves_every_validation_epoch_and_results(synth_root: Path, t
     pairing = pd.read_csv(results / "pairing.csv").set_index(["modality", "domain"])
     assert pairing.loc[("patho", "paired_site"), "pairing"] == "patient-level"
     assert pairing.loc[("mammo", "hospital_a"), "pairing"].startswith("label-level")
+
+
+def test_gathered_outputs_keep_each_sample_once_when_padded_duplicates_are_not_adjacent() -> None:
+    """A distributed sampler pads by repeating indices; gathered in rank order they land far apart."""
+    from types import SimpleNamespace
+
+    from mammopath.callbacks.alignment import AlignmentMonitor
+    from mammopath.datamodules.pairing import MODALITY_CODES
+
+    # rank 0 saw samples 0, 1, 2 and rank 1 saw 3, 4 and then 0 again (padding): duplicates 5 positions apart
+    index = torch.tensor([0, 1, 2, 3, 4, 0, 2])
+    embedding = torch.arange(7, dtype=torch.float32)[:, None].repeat(1, 3)
+    embedding[5], embedding[6] = embedding[0], embedding[2]  # a padded copy is the same sample's output
+    modality = torch.tensor(
+        [MODALITY_CODES[m] for m in ("mammo", "patho", "mammo", "patho", "mammo", "mammo", "mammo")]
+    )
+    monitor = AlignmentMonitor()
+    monitor._parts = {"index": [index], "embedding": [embedding], "modality": [modality], "cls": [index % 2]}
+    table = pd.DataFrame({"patient_code": [10, 11, 12, 13, 14], "paired": [True, True, False, True, False]})
+    module = SimpleNamespace(
+        device=torch.device("cpu"), trainer=SimpleNamespace(datamodule=SimpleNamespace(sample_table=table))
+    )
+    z, keys = monitor._gathered(module)
+    # written out: mammography samples 0, 2, 4 once each (in index order), pathology samples 1, 3
+    torch.testing.assert_close(z["mammo"], torch.tensor([[0.0] * 3, [2.0] * 3, [4.0] * 3]))
+    torch.testing.assert_close(z["patho"], torch.tensor([[1.0] * 3, [3.0] * 3]))
+    assert keys["mammo"]["patient"].tolist() == [10, 12, 14] and keys["patho"]["patient"].tolist() == [11, 13]
+    assert keys["mammo"]["paired"].tolist() == [True, False, False] and keys["mammo"]["cls"].tolist() == [0, 0, 0]

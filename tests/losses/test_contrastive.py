@@ -95,6 +95,25 @@ def test_positives_are_patients_for_true_pairs_and_classes_otherwise() -> None:
     assert torch.equal(pos, expected)
 
 
+def test_unknown_classes_are_never_positives_even_of_each_other() -> None:
+    # unpaired samples of unknown class (-1) on both sides: -1 == -1 must not make them a label-level pair
+    cls_a, cls_b = torch.tensor([-1, -1, 0, 1]), torch.tensor([-1, 0, -1, 1])
+    unpaired_a, unpaired_b = torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)
+    pos = positive_matrix(torch.arange(4), cls_a, unpaired_a, torch.arange(10, 14), cls_b, unpaired_b)
+    expected = torch.tensor(
+        [
+            [False, False, False, False],  # unknown: no positive at all
+            [False, False, False, False],
+            [False, True, False, False],  # class 0: the class-0 sample only
+            [False, False, False, True],  # class 1: the class-1 sample only
+        ]
+    )
+    assert torch.equal(pos, expected)
+    # the same holds within one modality (the intra-modal term uses the same positives)
+    within = positive_matrix(torch.arange(4), cls_a, unpaired_a, torch.arange(4), cls_a, unpaired_a)
+    assert not within[:2].any() and not within[:, :2].any()
+
+
 def test_intra_modal_term_excludes_self() -> None:
     z = torch.randn(4, 3)
     pos = torch.ones(4, 4, dtype=torch.bool)
