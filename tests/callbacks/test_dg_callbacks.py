@@ -92,3 +92,32 @@ def test_irm_term_per_environment_with_anneal_and_skips() -> None:
     assert irm.skipped == 2 and penalty.requires_grad
     irm.teardown(None, module, "fit")  # type: ignore[arg-type]
     assert "irm" not in module.objective.registered
+
+
+def test_irm_resets_the_optimizer_state_exactly_at_the_anneal_step() -> None:
+    """State kept before the anneal step, cleared at the start of its batch (the first at weight λ), kept after."""
+    from types import SimpleNamespace
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([weight], lr=0.1)
+    irm = IRM(penalty_weight=100.0, anneal_steps=3)
+    trainer = SimpleNamespace(global_step=0, optimizers=[optimizer])
+    seen = []
+    for step in range(6):
+        trainer.global_step = step  # Lightning's global_step at a batch's start: optimizer steps taken so far
+        had_state = bool(optimizer.state)
+        irm.on_train_batch_start(trainer, None, None, step)  # type: ignore[arg-type]
+        seen.append((step, had_state, bool(optimizer.state), irm.weight(step)))
+        optimizer.zero_grad()
+        (weight**2).sum().backward()
+        optimizer.step()
+    assert seen == [
+        (0, False, False, 1.0),
+        (1, True, True, 1.0),
+        (2, True, True, 1.0),
+        (3, True, False, 100.0),  # cleared here, before the first step at λ
+        (4, True, True, 100.0),  # and only once
+        (5, True, True, 100.0),
+    ]
+    # Adam restarted at step 3: its step counter counts the 3 steps since the reset
+    assert int(optimizer.state[weight]["step"]) == 3
