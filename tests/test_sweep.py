@@ -52,6 +52,18 @@ def test_sweep_runs_skips_and_summarizes(synth_root: Path, tmp_path: Path, monke
     assert set(summary["method"]) == {"erm", "irm"} and set(summary["heldout_domain"]) == {"hospital_c", "centre_3"}
     deltas = pd.read_csv(Path("results/tiny/deltas.csv"))
     assert set(deltas["method"]) == {"irm"} and (deltas["ci_low"] <= deltas["ci_high"]).all()
+    # the sign, against scikit-learn on the runs' own predictions: delta = AUROC(irm) - AUROC(erm) per domain
+    from sklearn.metrics import roc_auc_score
+
+    def held_auroc(method: str, domain: str) -> float:
+        run = next(r for r in runs_of(grid) if r.method == method)
+        frame = pd.read_csv(sweep.results(run) / "predictions.csv", keep_default_na=False, na_values=[""])
+        frame = frame[(frame["role"] == "heldout") & (frame["domain"] == domain) & (frame["label"] >= 0)]
+        return float(roc_auc_score(frame["label"], frame["score"]))
+
+    for row in deltas.itertuples():
+        expected = held_auroc("irm", row.heldout_domain) - held_auroc("erm", row.heldout_domain)
+        assert expected != 0 and row.delta_auroc == pytest.approx(expected, abs=1e-6), row.heldout_domain
     reverse = paired_deltas(grid, n_boot=50, pairs={"erm": "irm"})  # any pairing, e.g. TTA vs its source
     assert (reverse["baseline"] == "irm").all()
     np.testing.assert_allclose(reverse["delta_auroc"].to_numpy(), -deltas["delta_auroc"].to_numpy(), atol=1e-9)
@@ -71,7 +83,6 @@ def test_sweep_runs_skips_and_summarizes(synth_root: Path, tmp_path: Path, monke
     pd.testing.assert_frame_equal(pd.read_csv(Path("results/tiny/summary.csv")), first_summary)
 
     # the study report of these runs
-    from sklearn.metrics import roc_auc_score
 
     from mammopath.cli import main as cli
 

@@ -72,6 +72,26 @@ def test_slide_stage_from_the_largest_positive_group_and_pn_kappa() -> None:
     assert kappa == pytest.approx(expected, abs=1e-6)
 
 
+def test_pn_stage_is_counted_per_slide_for_a_patient_with_four_positive_slides() -> None:
+    # the challenge rule: macro-metastases in 4 or more positive slides -> pN2; each slide is staged on its own
+    macro = [(r, 2) for r in range(12)]  # 12 x 0.224 mm = 2.688 mm at extent 448
+    four = pd.concat([_slide(macro, extent=448, grade=3, patient="p4", slide=f"s{i}") for i in range(4)])
+    three = pd.concat([_slide(macro, extent=448, grade=3, patient="p3", slide=f"t{i}") for i in range(3)])
+
+    def mixed(patient: str, micro: int) -> pd.DataFrame:  # 2 macro, `micro` micro and 1 ITC slides
+        return pd.concat([
+            *[_slide(macro, extent=448, grade=3, patient=patient, slide=f"{patient}a{i}") for i in range(2)],
+            *[_slide([(3, 3), (3, 4)], grade=2, patient=patient, slide=f"{patient}i{i}") for i in range(micro)],
+            _slide([(3, 3)], grade=1, patient=patient, slide=f"{patient}t"),
+        ])  # fmt: skip
+
+    _, table = pn_kappa(pd.concat([four, three, mixed("m2", 2), mixed("m1", 1)]))
+    stages = table.set_index("patient_id")
+    # written out: true == predicted here (every slide's patches score its own stage)
+    expected = {"p4": "pN2", "p3": "pN1", "m2": "pN2", "m1": "pN1"}  # an ITC slide is not a positive node
+    assert stages["true"].to_dict() == expected and stages["predicted"].to_dict() == expected
+
+
 def test_froc_from_patch_detections_equals_froc_on_the_same_masks() -> None:
     square = lambda x0, y0, s: Polygon(np.array([[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s]], float),  # noqa: E731
                                        "Tumor", True, "_0")  # fmt: skip
