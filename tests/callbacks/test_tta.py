@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 
@@ -164,3 +165,75 @@ def test_through_the_trainer_bank_checkpoint_inference_mode_and_source_weights(
     assert all(torch.equal(before[k], v) for k, v in _tensors(module).items())  # source weights untouched
     scores = module.evaluation.result("test").predictions["score"]
     assert scores.between(0, 1).all()
+
+
+def _adapting() -> dict[str, Any]:
+    """CausalTTA settings under which every sample is reliable, so the guarded update really steps."""
+    return {"update": True, "entropy_margin": 10.0, "plpd_threshold": -1.0, "collapse_entropy": 0.0, "lr": 0.05}
+
+
+@pytest.mark.parametrize(
+    ("make", "reference"),
+    [
+        (lambda: TENT(lr=0.05), lambda: None),
+        (lambda: CausalTTA(k=0, **_adapting()), lambda: None),
+        (lambda: CausalTTA(k=3, seed=4, **_adapting()), lambda: CausalTTA(k=3, seed=4, update=False)),
+    ],
+    ids=["tent", "causal_tta_update", "causal_tta_marginalized_update"],
+)
+def test_a_batch_is_predicted_before_it_is_adapted_on(make, reference) -> None:
+    """The first batch of each domain gets the source prediction exactly; batch i the weights of batches < i."""
+    module = _module()
+    stream = _stream(4, ["a", "a", "a", "b"])
+    with torch.no_grad():
+        plain = [module(b["image"], "mammo")["cls_logit"] for b in stream]
+    ref = reference()
+    source = plain if ref is None else _run(module, ref, stream)  # the same prediction rule without updates
+    tta = make()
+    adapted = _run(module, tta, stream)
+    assert tta.adapted_batches == 4
+    assert torch.equal(adapted[0], source[0]) and torch.equal(adapted[3], source[3])  # a new domain starts at source
+    assert not torch.allclose(adapted[1], source[1])  # the update did change the weights used for later batches
+    # batch 1 is predicted from the weights adapted on batch 0 only: replay batch 0, then predict batch 1 by hand
+    replay = make()
+    replay._start(module)
+    with torch.no_grad():
+        out0 = module(stream[0]["image"], "mammo")
+    replay.transform(module, stream[0], out0, "test")
+    with torch.no_grad():
+        out1 = module(stream[1]["image"], "mammo")
+        expected = out1["cls_logit"] if ref is None else replay.predict(module, stream[1], out1, "mammo")["cls_logit"]
+    replay._end(module)
+    torch.testing.assert_close(adapted[1], expected, atol=1e-6, rtol=0)
+
+
+def test_style_bank_entries_carry_the_domain_of_the_image_they_were_recorded_from(synth_root: Path) -> None:
+    """On training rows whose order mixes domains, each stored style is labelled with its own image's domain."""
+    from types import SimpleNamespace
+
+    from mammopath.callbacks.style_bank import record_styles
+    from mammopath.datasets.manifest_dataset import ManifestDataset
+    from mammopath.manifest import load_manifest
+
+    manifest = load_manifest(synth_root / "manifest.csv", synth_root)
+    train = manifest[(manifest["modality"] == "patho") & (manifest["split"] == "train")]
+    train = train[train["domain"].isin(["centre_1", "centre_2"])]
+    one, two = (train[train["domain"] == d].reset_index(drop=True) for d in ("centre_1", "centre_2"))
+    n = min(len(one), len(two), 6)
+    mixed = pd.concat([one.iloc[:n], two.iloc[:n]]).sort_index(kind="stable")  # centre_1, centre_2, centre_1, ...
+    assert list(mixed["domain"].iloc[:4]) == ["centre_1", "centre_2", "centre_1", "centre_2"]
+    dataset = ManifestDataset(mixed, synth_root, image_size=32)
+    module = MammoPathModule(img_size=32, model_kwargs=TINY, freeze="full", style_bank_size=6).eval()
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(datasets={"train": {"patho": dataset}}), callbacks=[],
+                              current_epoch=0)  # fmt: skip
+    StyleBank(batch_size=4).record(trainer, module)  # type: ignore[arg-type]
+    mu, _, domains = module.style_bank.styles("patho")
+    assert len(mu) == 6 and sorted(domains) == ["centre_1"] * 3 + ["centre_2"] * 3
+    # independent: the style of every training image, then each bank entry matched to the image it equals
+    with torch.no_grad():
+        images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+        every, _ = record_styles(module, images, "patho")
+    for entry, domain in zip(mu, domains, strict=True):
+        distance = (every - entry).abs().amax(dim=1)
+        match = int(distance.argmin())
+        assert float(distance[match]) < 1e-5 and dataset.rows["domain"].iloc[match] == domain
