@@ -1,9 +1,17 @@
-"""Under DDP (2 CPU processes, gloo) the contrastive step equals one process on the concatenated batch."""
+"""Under DDP (2 CPU processes, gloo) the contrastive step equals one process on the concatenated batch.
+
+Deterministic on a loaded 2-core machine: the ranks meet through a FileStore (no TCP store served by rank 0, so
+no rank depends on another still being alive while it tears down), every collective has a timeout, and a worker
+leaves with ``os._exit(0)`` once its result is on disk and the group is destroyed. A plain interpreter exit ran
+the C++ destructors of gloo's background threads, which intermittently aborted a worker with SIGABRT
+("terminate called without an active exception") after it had finished its work.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +21,7 @@ import torch.multiprocessing as mp
 from mammopath.losses.contrastive import LOGIT_SCALE_INIT, CrossModalContrastiveLoss
 
 D_IN, D_OUT = 8, 6
+TIMEOUT = timedelta(seconds=120)  # a lost rank fails the test instead of stalling the suite
 N_MAMMO, N_PATHO = 6, 5
 
 
@@ -46,9 +55,9 @@ def _step(proj, log_scale, x_m, x_p, keys) -> tuple[float, list[torch.Tensor]]:
     return float(loss.detach()), [p.grad.clone() for p in (*proj.parameters(), log_scale)]
 
 
-def _worker(rank: int, world: int, port: int, split: dict[int, tuple[slice, slice]], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, split: dict[int, tuple[slice, slice]], out: str) -> None:
+    store = f"file://{Path(out) / 'store'}"
+    torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=world, timeout=TIMEOUT)
     try:
         x_m, x_p, keys = _batch()
         rows_m, rows_p = split[rank]
@@ -62,12 +71,9 @@ def _worker(rank: int, world: int, port: int, split: dict[int, tuple[slice, slic
         torch.distributed.barrier()  # no rank tears gloo down while the other still has work in flight
     finally:
         torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip the interpreter's teardown of gloo's threads (the SIGABRT above); results are saved
 
 
 SPLITS = {
@@ -81,7 +87,7 @@ def test_two_processes_equal_one_on_the_concatenated_batch(name: str, tmp_path: 
     x_m, x_p, keys = _batch()
     proj, log_scale = _model()
     loss, grads = _step(proj, log_scale, x_m, x_p, keys)
-    mp.start_processes(_worker, args=(2, _free_port(), SPLITS[name], str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, SPLITS[name], str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["loss"] == pytest.approx(loss, abs=1e-5)
