@@ -72,19 +72,29 @@ def assign_splits(
 
 
 def write_view(
-    out: Path, folder: Path, case: MammoCase, stored: np.ndarray, style: MammoStyle, *, laterality: str, view: str
+    out: Path,
+    folder: Path,
+    case: MammoCase,
+    stored: np.ndarray,
+    style: MammoStyle,
+    *,
+    laterality: str,
+    view: str,
+    roi: bool = True,
 ) -> dict[str, Any]:
-    """Write one mammogram view (stored values) and its ROI mask DICOM; return the file part of its row."""
+    """Write one mammogram view (stored values) and its ROI mask DICOM (unless ``roi`` is False, for a copy that
+    shares another view's mask); return the file part of its row."""
     patient = folder.name
-    rel, roi = folder / f"{laterality}_{view}.dcm", folder / f"{laterality}_{view}_roi.dcm"
+    rel, roi_rel = folder / f"{laterality}_{view}.dcm", folder / f"{laterality}_{view}_roi.dcm"
     write_mammogram_dicom(out / rel, stored, style, patient_id=patient, laterality=laterality, view=view)
-    write_mask_dicom(out / roi, case.mask, patient_id=patient)
+    if roi:
+        write_mask_dicom(out / roi_rel, case.mask, patient_id=patient)
     return {
         "modality": "mammo",
         "path": rel.as_posix(),
         "grade": case.birads,
         "grade_scheme": "birads",
-        "roi_path": roi.as_posix(),
+        "roi_path": roi_rel.as_posix(),
         "laterality": laterality,
         "view": view,
         "label_source": "annotated",
