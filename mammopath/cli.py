@@ -30,6 +30,7 @@ DATA_COMMANDS_HELP = """data commands:
   validate-manifest   check a manifest against its data root (--decode: decode every file first)
   report              merge result folders into one table with figures
   sweep               run a methods x folds x seeds grid (resumable) and summarize it
+  evidence            the pre-registered evidence suite (generator v2 scenarios; --calibrate: the gates)
 training commands (LightningCLI): fit, validate, test, predict  (see `mammopath fit --help`)"""
 
 
@@ -272,8 +273,15 @@ def _cmd_sweep(argv: Sequence[str]) -> int:
     return sweep_main(argv)
 
 
+def _cmd_evidence(argv: Sequence[str]) -> int:
+    from mammopath.evidence import main as evidence_main
+
+    return evidence_main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sweep": _cmd_sweep,
+    "evidence": _cmd_evidence,
     "tile": _cmd_tile,
     "prepare": _cmd_prepare,
     "synth": _cmd_synth,

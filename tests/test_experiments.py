@@ -37,6 +37,9 @@ def test_experiment_yaml_parses(config: Path, capsys: pytest.CaptureFixture[str]
     overlay = config.parent.name in ("lodo", "baselines", "encoders", "strategies", "explain")
     if config.name == "demo.yaml":  # the demo is the synthetic benchmark plus alignment
         printed = resolved(capsys, REPO / "experiments" / "synth.yaml", config)
+    elif "evidence" in config.parts:  # the evidence suite composes base → scenario → method
+        evidence = REPO / "experiments" / "evidence"
+        printed = resolved(capsys, *dict.fromkeys([evidence / "base.yaml", evidence / "scenarios" / "P.yaml", config]))
     else:
         printed = resolved(capsys, BASE, PUBLIC, config) if overlay else resolved(capsys, config)
     assert printed["model"]["backbone"] and printed["data"]["class_path"].startswith("mammopath.datamodules")

@@ -33,13 +33,22 @@ class IRM(L.Callback):
         penalty_weight: λ after the anneal step.
         anneal_steps: optimizer steps at weight 1.0 before λ applies (and the optimizer state is reset).
         min_samples: labelled samples an environment needs in a batch (≥ 2: one per half).
+        anneal_fraction: instead of ``anneal_steps``, the share of the run's optimizer steps
+            (``trainer.estimated_stepping_batches``) before λ applies, fixed when fitting starts: the same
+            schedule for runs of any length (the evidence suite anneals over 10%).
     """
 
-    def __init__(self, penalty_weight: float = 100.0, anneal_steps: int = 500, min_samples: int = 4) -> None:
+    def __init__(
+        self, penalty_weight: float = 100.0, anneal_steps: int = 500, min_samples: int = 4,
+        anneal_fraction: float | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         if penalty_weight < 0 or anneal_steps < 0 or min_samples < 2:
             raise ConfigError("IRM needs penalty_weight >= 0, anneal_steps >= 0 and min_samples >= 2")
+        if anneal_fraction is not None and not 0 <= anneal_fraction < 1:
+            raise ConfigError(f"IRM anneal_fraction must be in [0, 1); got {anneal_fraction}")
         self.penalty_weight, self.anneal_steps, self.min_samples = penalty_weight, anneal_steps, min_samples
+        self.anneal_fraction = anneal_fraction
         self.skipped = 0
         self.single_env = 0
         self._reset = False
@@ -51,6 +60,11 @@ class IRM(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             pl_module.register_loss_term("irm", self.penalty, weight=self.weight)  # type: ignore[operator]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.anneal_fraction is not None:
+            self.anneal_steps = round(self.anneal_fraction * trainer.estimated_stepping_batches)
+            log.info("IRM: anneal over %d of %d steps", self.anneal_steps, trainer.estimated_stepping_batches)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":

@@ -121,3 +121,15 @@ def test_irm_resets_the_optimizer_state_exactly_at_the_anneal_step() -> None:
     ]
     # Adam restarted at step 3: its step counter counts the 3 steps since the reset
     assert int(optimizer.state[weight]["step"]) == 3
+
+
+def test_irm_anneal_fraction_sets_the_anneal_step_from_the_runs_length() -> None:
+    """10% of 37 estimated optimizer steps anneals at step 4 (round(3.7)); a fraction outside [0, 1) fails."""
+    from types import SimpleNamespace
+
+    irm = IRM(penalty_weight=100.0, anneal_steps=500, anneal_fraction=0.1)
+    irm.on_fit_start(SimpleNamespace(estimated_stepping_batches=37), None)  # type: ignore[arg-type]
+    assert irm.anneal_steps == 4
+    assert [irm.weight(s) for s in (3, 4)] == [1.0, 100.0]
+    with pytest.raises(ConfigError, match="anneal_fraction"):
+        IRM(anneal_fraction=1.0)
