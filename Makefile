@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SYNTH := data/synth
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo prepare-demo test test-all lint format bench reproduce reproduce-demo lodo report tensorboard clean
+.PHONY: help install demo prepare-demo test test-all lint format bench reproduce reproduce-demo lodo report tensorboard clean evidence calibrate
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,12 @@ demo: install $(SYNTH)/manifest.csv prepare-demo ## synth → prepare → valida
 	$(BIN)/mammopath test $(DEMO) --ckpt_path runs/demo/checkpoints/best.ckpt
 	$(BIN)/mammopath predict $(DEMO) --config experiments/explain/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
 	@echo "results: results/demo/ (metrics_by_domain.md, lodo_summary.md, alignment.md, roc.png, attention/); logs: make tensorboard"
+
+calibrate: install ## the evidence suite's calibration (ERM + oracle on the calibration seeds) and its gates
+	$(BIN)/mammopath evidence --calibrate
+
+evidence: calibrate ## the pre-registered evidence suite (docs/evidence.md): data, every arm (resumable), tables + scorecard
+	$(BIN)/mammopath evidence
 
 test: install ## fast test suite (CPU, < 10 min)
 	$(BIN)/python -m pytest -q

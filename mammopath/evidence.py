@@ -102,8 +102,10 @@ def data_dir(data_root: Path, scenario: str, generator_seed: int) -> Path:
     return data_root / scenario / f"g{generator_seed}"
 
 
-def ensure_data(data_root: Path, scenario: str, generator_seed: int, workers: int | None = None) -> Path:
-    """The scenario's files for this generator seed, written unless already there for this generator version."""
+def ensure_data(data_root: Path, scenario: str, generator_seed: int, workers: int | None = None,
+                oracle: bool = True) -> Path:  # fmt: skip
+    """The scenario's files for this generator seed, written unless already there for this generator version
+    (``oracle``: with the cue-free copies, which only an oracle arm reads)."""
     from mammopath.synth.scenarios import GENERATOR_VERSION
     from mammopath.synth.suite import write_scenario
 
@@ -111,13 +113,20 @@ def ensure_data(data_root: Path, scenario: str, generator_seed: int, workers: in
     truth = out / "truth.json"
     if truth.is_file():
         found = json.loads(truth.read_text())
-        if found.get("generator_version") == GENERATOR_VERSION and found.get("scenario") == scenario:
+        has_oracle = (out / "manifest_oracle.csv").is_file()
+        if (
+            found.get("generator_version") == GENERATOR_VERSION
+            and found.get("scenario") == scenario
+            and (has_oracle or not oracle)
+        ):
             return out
         raise ConfigError(
             f"{out}: written by generator {found.get('generator_version')} for scenario {found.get('scenario')}, "
-            f"not {GENERATOR_VERSION} / {scenario}; remove the folder to write it again"
+            f"not {GENERATOR_VERSION} / {scenario}"
+            + ("" if has_oracle or not oracle else " without the oracle copies")
+            + "; remove the folder to write it again"
         )
-    write_scenario(out, scenario, generator_seed, workers=workers)
+    write_scenario(out, scenario, generator_seed, workers=workers, oracle=oracle)
     return out
 
 
@@ -159,7 +168,8 @@ def run_suite(plans: dict[str, ScenarioPlan], *, data_root: Path, runs_dir: str,
     grids = []
     for plan in plans.values():
         for generator_seed, training_seed in plan.replicates:
-            data = ensure_data(data_root, plan.name, generator_seed, workers)
+            oracle = any(arm.manifest == "manifest_oracle.csv" for arm in plan.arms)
+            data = ensure_data(data_root, plan.name, generator_seed, workers, oracle=oracle)
             grid = grid_for(plan, generator_seed, training_seed, data, runs_dir, results_dir, suite)
             Sweep(grid).run_all(console=console)
             grids.append(grid)

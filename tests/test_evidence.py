@@ -124,3 +124,22 @@ def test_scenario_table_from_constructed_predictions() -> None:
     assert table.loc["erm", "mammo gap"] == pytest.approx(0.5) and table.loc["erm", "patho ID"] == 1.0
     assert table.loc["oracle", "Δ vs ERM"] == pytest.approx(0.5)
     assert table.loc["oracle", "% oracle gap closed"] == pytest.approx(100.0)
+
+
+def test_existing_data_is_reused_and_another_generators_data_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from mammopath.errors import ConfigError
+    from mammopath.evidence import ensure_data
+    from mammopath.synth.scenarios import GENERATOR_VERSION
+
+    folder = tmp_path / "P" / "g7"
+    folder.mkdir(parents=True)
+    (folder / "truth.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, "scenario": "P"}))
+    assert ensure_data(tmp_path, "P", 7, oracle=False) == folder  # nothing written: the folder is as it was
+    assert sorted(p.name for p in folder.iterdir()) == ["truth.json"]
+    with pytest.raises(ConfigError, match=r"g7.*without the oracle copies.*remove the folder"):
+        ensure_data(tmp_path, "P", 7, oracle=True)
+    (folder / "truth.json").write_text(json.dumps({"generator_version": "1.0", "scenario": "P"}))
+    with pytest.raises(ConfigError, match=r"written by generator 1.0"):
+        ensure_data(tmp_path, "P", 7, oracle=False)
