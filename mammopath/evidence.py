@@ -163,7 +163,7 @@ def grid_for(plan: ScenarioPlan, generator_seed: int, training_seed: int, data: 
 
 
 def run_suite(plans: dict[str, ScenarioPlan], *, data_root: Path, runs_dir: str, results_dir: str, suite: str,
-              console=None, workers: int | None = None) -> list[Grid]:  # type: ignore[no-untyped-def]  # fmt: skip
+              console=None, workers: int | None = None, jobs: int = 1) -> list[Grid]:  # type: ignore[no-untyped-def]  # fmt: skip
     """Write the data and run every replicate's grid (finished runs are skipped); return the grids."""
     grids = []
     for plan in plans.values():
@@ -171,7 +171,7 @@ def run_suite(plans: dict[str, ScenarioPlan], *, data_root: Path, runs_dir: str,
             oracle = any(arm.manifest == "manifest_oracle.csv" for arm in plan.arms)
             data = ensure_data(data_root, plan.name, generator_seed, workers, oracle=oracle)
             grid = grid_for(plan, generator_seed, training_seed, data, runs_dir, results_dir, suite)
-            Sweep(grid).run_all(console=console)
+            Sweep(grid).run_all(console=console, jobs=jobs)
             grids.append(grid)
     return grids
 
@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-boot", type=int, default=2000, help="two-stage bootstrap draws per comparison")
     parser.add_argument("--analyse-only", action="store_true", help="train nothing; tables from finished runs")
     parser.add_argument("--workers", type=int, default=None, help="processes writing a scenario's data")
+    parser.add_argument("--jobs", type=int, default=2, help="training runs side by side (one thread each on 2 cores)")
     args = parser.parse_args(list(argv or []))
     catalogue = CALIBRATION if args.calibrate else SUITE
     unknown = sorted(set(args.scenarios or []) - set(catalogue))
@@ -346,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if not args.analyse_only:
         run_suite(plans, data_root=Path(args.data_root), runs_dir=args.runs_dir, results_dir=args.results_dir,
-                  suite=suite, console=console, workers=args.workers)  # fmt: skip
+                  suite=suite, console=console, workers=args.workers, jobs=args.jobs)  # fmt: skip
     if args.calibrate:
         table = gates(args.results_dir, suite)
         out = Path(args.out) / "calibration"

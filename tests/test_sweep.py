@@ -137,3 +137,45 @@ def test_slurm_launcher_writes_job_arrays(tmp_path: Path, monkeypatch: pytest.Mo
     assert [runs[int(i)].method for i in indices] == [
         r.method for r in runs if r.method not in ("full_tent", "full_causal_tta")
     ]
+
+
+FAKE_PYTHON = """#!{python}
+import json, os, sys, time
+args = dict(a.split("=", 1) for a in sys.argv[4:] if a.startswith("--") and "=" in a)
+command = sys.argv[3]
+start = time.time()
+time.sleep(0.6)
+run = os.path.join(args["--runs_dir"], args["--run_name"], args["--method"])
+if command == "fit":
+    os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
+    open(os.path.join(run, "checkpoints", "best.ckpt"), "w").close()
+with open({log!r}, "a") as log:
+    log.write(json.dumps({{"run": args["--method"], "command": command, "start": start, "end": time.time(),
+                          "threads": os.environ.get("OMP_NUM_THREADS")}}) + "\\n")
+"""
+
+
+def test_parallel_jobs_overlap_training_runs_and_test_checkpoints_only_after_them(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    log = tmp_path / "calls.jsonl"
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.format(python=sys.executable, log=str(log)))
+    python.chmod(0o755)
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    grid = Grid(name="par", configs=[str(config)], methods={"a": [], "b": [], "a_tta": []}, folds={"f": []},
+                seeds=[0], test_only={"a_tta": "a"}, runs_dir=str(tmp_path / "runs"),
+                results_dir=str(tmp_path / "results"))  # fmt: skip
+    sweep = Sweep(grid, python=str(python))
+    sweep.run_all(jobs=2)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    spans = {(c["run"].split("/")[0], c["command"]): (c["start"], c["end"]) for c in calls}
+    fits = [spans[("a", "fit")], spans[("b", "fit")]]
+    assert max(s for s, _ in fits) < min(e for _, e in fits)  # the two training runs ran side by side
+    assert spans[("a_tta", "test")][0] >= max(e for _, e in fits)  # the TTA test waited for the checkpoints
+    assert {c["threads"] for c in calls} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert all(sweep.done(r) for r in runs_of(grid))
+    with pytest.raises(ConfigError, match="jobs must be >= 1"):
+        sweep.run_all(jobs=0)
