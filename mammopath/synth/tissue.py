@@ -37,8 +37,9 @@ def _disk_cached(radius: float, aspect: float, angle: float) -> np.ndarray:
     return (u / (radius * aspect)) ** 2 + (v / radius) ** 2 <= 1.0
 
 
-def _stamp(canvas: np.ndarray, shape: np.ndarray, cy: int, cx: int) -> int:
-    """OR ``shape`` into ``canvas`` centred at (cy, cx), clipped at the borders; returns the pixels it newly set."""
+def _stamp(canvas: np.ndarray, shape: np.ndarray, cy: int, cx: int, count: bool = True) -> int:
+    """OR ``shape`` into ``canvas`` centred at (cy, cx), clipped at the borders; returns the pixels it newly set
+    (0 without ``count``)."""
     r = shape.shape[0] // 2
     y0, x0 = cy - r, cx - r
     ys, xs = (
@@ -46,7 +47,7 @@ def _stamp(canvas: np.ndarray, shape: np.ndarray, cy: int, cx: int) -> int:
         slice(max(0, x0), min(canvas.shape[1], x0 + shape.shape[1])),
     )
     sub = shape[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
-    added = int(np.count_nonzero(sub & ~canvas[ys, xs]))
+    added = int(np.count_nonzero(sub & ~canvas[ys, xs])) if count else 0
     canvas[ys, xs] |= sub
     return added
 
@@ -66,9 +67,10 @@ def render_cell(rng: np.random.Generator, tumour_look: bool, size: int = CELL) -
             cy, cx = rng.uniform(ring, size - ring, size=2)
             count = int(2 * np.pi * ring / 8.5)
             phase = rng.uniform(0, 2 * np.pi)
-            for k in range(count):
+            for k in range(count):  # a whole ring, then the area once
                 a = phase + 2 * np.pi * k / count
-                area += _stamp(nuclei, _disk(3.2), int(cy + ring * np.sin(a)), int(cx + ring * np.cos(a)))
+                _stamp(nuclei, _disk(3.2), int(cy + ring * np.sin(a)), int(cx + ring * np.cos(a)), count=False)
+            area = int(np.count_nonzero(nuclei))
     else:
         while area < target and guard < 400:
             guard += 1
@@ -92,14 +94,19 @@ def render_patho_slide(
     scale = np.kron(np.exp(TILT_STAIN * tilt), np.ones((CELL, CELL))).astype(np.float32)
     # the nuclei's edges (0.7 px) and the scanner's optical blur, in one filter of the haematoxylin field
     hema = ndimage.gaussian_filter(hema, float(np.hypot(0.7, style.blur))) * np.float32(1.1)
-    # eosin: a smooth field (drawn at 1/4 resolution, linearly upsampled)
+    # eosin: a smooth field, drawn at 1/4 resolution, upsampled and smoothed over the 4-px blocks
     coarse = ndimage.gaussian_filter(rng.standard_normal((size // 4, size // 4), dtype=np.float32), 0.75)
-    eosin = np.clip(0.35 + 0.15 * ndimage.zoom(coarse, 4, order=1), 0, None)
-    od = (hema * np.float32(style.h_scale) * scale)[..., None] * np.asarray(style.h_vector, dtype=np.float32)
-    od += (eosin * np.float32(style.e_scale) * scale)[..., None] * np.asarray(style.e_vector, dtype=np.float32)
-    rgb = np.float32(255.0) * np.exp(-od)
-    rgb += np.float32(2.0) * rng.standard_normal(rgb.shape, dtype=np.float32)
-    clean = np.clip(rgb, 0, 255).astype(np.uint8)
+    eosin = ndimage.uniform_filter(np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1), 4)
+    eosin = np.clip(np.float32(0.35) + np.float32(0.15) * eosin, 0, None) * np.float32(style.e_scale) * scale
+    hema *= np.float32(style.h_scale) * scale
+    # Beer-Lambert per channel, plus sensor noise (uniform integers in [-3, 3]: sd 2 grey levels)
+    noise = rng.integers(-3, 4, size=(size, size, 3), dtype=np.int8)
+    clean = np.empty((size, size, 3), dtype=np.uint8)
+    for c in range(3):
+        channel = np.exp(-(hema * np.float32(style.h_vector[c]) + eosin * np.float32(style.e_vector[c])))
+        channel *= np.float32(255.0)
+        channel += noise[..., c]
+        clean[..., c] = np.clip(channel, 0, 255)
     # the cue: 3-5 dots of green ink inside each cued cell
     r = 5
     dots = np.zeros((size, size), dtype=bool)

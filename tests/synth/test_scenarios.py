@@ -236,3 +236,13 @@ def test_files_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
             assert np.array_equal(pydicom.dcmread(a).pixel_array, pydicom.dcmread(b).pixel_array)
         else:
             assert np.array_equal(tifffile.imread(a), tifffile.imread(b))
+
+
+def test_both_pathology_classes_cover_the_same_nuclear_area() -> None:
+    """The class is in the nuclei's shape and arrangement, not in how much haematoxylin a cell holds."""
+    from mammopath.synth.tissue import NUCLEAR_AREA, render_cell
+
+    rng = np.random.default_rng(11)
+    for tumour in (False, True):
+        areas = np.asarray([render_cell(rng, tumour).mean() for _ in range(40)])
+        assert areas.min() >= NUCLEAR_AREA and areas.mean() < NUCLEAR_AREA + 0.02, (tumour, areas.mean())
