@@ -39,7 +39,7 @@ from typing import Any
 from mammopath.errors import ConfigError
 from mammopath.synth.styles import MammoStyle, PathoStyle
 
-GENERATOR_VERSION = "2.0"
+GENERATOR_VERSION = "2.1"
 
 
 @dataclass(frozen=True)
