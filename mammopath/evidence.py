@@ -199,9 +199,10 @@ def load(plan: ScenarioPlan, results_dir: str, suite: str) -> dict[tuple[int, st
 
 def scenario_table(plan: ScenarioPlan, runs: dict[tuple[int, str], pd.DataFrame]) -> pd.DataFrame:
     """Per arm, means over replicates: ID (source test) and target AUROC per modality and target kind, the gaps,
-    the mean primary-target AUROC, Δ vs ERM with its paired 95% t-interval, and the share of the ERM-to-oracle
-    gap closed (where the scenario has an oracle)."""
+    the mean primary-target AUROC, the worst target AUROC, the ECE on the primary target, Δ vs ERM with its
+    paired 95% t-interval, and the share of the ERM-to-oracle gap closed (where the scenario has an oracle)."""
     from mammopath.evidence_stats import auroc, source_auroc, t_interval, target_rows
+    from mammopath.metrics.classification import expected_calibration_error
 
     primary = next(iter(plan.targets))
     per_run = []
@@ -219,6 +220,13 @@ def scenario_table(plan: ScenarioPlan, runs: dict[tuple[int, str], pd.DataFrame]
             row[f"{modality} ID"] = source_auroc(frame, modality)
             row[f"{modality} gap"] = row[f"{modality} ID"] - row[f"{modality} {primary}"]  # type: ignore[operator]
         row["mean target"] = float(np.nanmean(means))
+        targets = [v for k, v in row.items() if k.split(" ")[-1] in plan.targets and isinstance(v, float)]
+        row["worst target"] = float(np.nanmin(targets)) if targets else np.nan
+        row["ECE primary"] = float(np.nanmean([
+            expected_calibration_error(rows["score"].to_numpy(), rows["label"].to_numpy())
+            for modality, domain in plan.targets[primary].items()
+            if len(rows := target_rows(frame, modality, domain))
+        ]))  # fmt: skip
         per_run.append(row)
     if not per_run:
         return pd.DataFrame()

@@ -124,6 +124,8 @@ def test_scenario_table_from_constructed_predictions() -> None:
     assert table.loc["erm", "mammo gap"] == pytest.approx(0.5) and table.loc["erm", "patho ID"] == 1.0
     assert table.loc["oracle", "Δ vs ERM"] == pytest.approx(0.5)
     assert table.loc["oracle", "% oracle gap closed"] == pytest.approx(100.0)
+    assert table.loc["erm", "worst target"] == pytest.approx(0.5) and table.loc["oracle", "worst target"] == 1.0
+    assert table.loc["oracle", "ECE primary"] == pytest.approx(0.0)  # scores 0/1 equal to the labels
 
 
 def test_existing_data_is_reused_and_another_generators_data_is_refused(tmp_path: Path) -> None:
