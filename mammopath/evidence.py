@@ -13,6 +13,7 @@ generator seeds, and prints the gates.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -247,6 +248,44 @@ def scenario_table(plan: ScenarioPlan, runs: dict[tuple[int, str], pd.DataFrame]
     return table.reset_index()
 
 
+COUNTERS = ("dg/irm_skipped_envs", "dg/irm_single_env_batches", "dg/mixstyle_batches", "dg/mixstyle_single_domain")
+_TTA_LINE = re.compile(r"(TENT|CausalTTA): (\d+) adapted batches, (\d+) resets")
+
+
+def run_counters(fit_dir: Path, log_file: Path) -> dict[str, float]:
+    """The mechanism counters of one run: the last logged value of each DG counter in its fit's TensorBoard
+    events, and the TTA callback's adapted batches and resets from its test log (NaN where absent)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, float] = {name.removeprefix("dg/"): np.nan for name in COUNTERS}
+    for events in sorted(fit_dir.glob("events.out.tfevents.*")):  # a resumed fit adds a file: the last wins
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for name in set(COUNTERS) & set(accumulator.Tags()["scalars"]):
+            found[name.removeprefix("dg/")] = float(accumulator.Scalars(name)[-1].value)
+    found["tta_adapted_batches"], found["tta_resets"] = np.nan, np.nan
+    if log_file.is_file():
+        for match in _TTA_LINE.finditer(log_file.read_text(errors="replace")):
+            found["tta_adapted_batches"], found["tta_resets"] = float(match[2]), float(match[3])
+    return found
+
+
+def counters_table(plan: ScenarioPlan, runs_dir: str, results_dir: str, suite: str) -> pd.DataFrame:
+    """Per arm, the mechanism counters averaged over the replicates (a TTA arm shows its training arm's DG
+    counters and its own TTA counters)."""
+    rows = []
+    for generator_seed, training_seed in plan.replicates:
+        for arm in plan.arms:
+            trained = arm.test_of or arm.name
+            fit = Path(runs_dir) / suite / plan.name / f"g{generator_seed}" / trained / f"seed{training_seed}" / "fit"
+            log_file = predictions_path(results_dir, suite, plan, generator_seed, training_seed, arm.name).parent
+            if fit.is_dir():
+                rows.append({"arm": arm.name, **run_counters(fit, log_file / "sweep.log")})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).groupby("arm", sort=False).mean().reset_index()
+
+
 def prediction_inputs(plans: dict[str, ScenarioPlan], results_dir: str, suite: str, n_boot: int = 2000
                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:  # fmt: skip
     """Per pre-registered prediction with results: the replicates' Δ and the two-stage bootstrap draws."""
@@ -299,8 +338,8 @@ def gates(results_dir: str, suite: str = "calibration") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_results(plans: dict[str, ScenarioPlan], results_dir: str, suite: str, out: Path, n_boot: int = 2000
-                  ) -> dict[str, pd.DataFrame]:  # fmt: skip
+def write_results(plans: dict[str, ScenarioPlan], results_dir: str, suite: str, out: Path, n_boot: int = 2000,
+                  runs_dir: str = "runs") -> dict[str, pd.DataFrame]:  # fmt: skip
     """Every scenario's table, the scorecard and the gates as Markdown + CSV, and one report.html."""
     from mammopath.evidence_stats import scorecard
     from mammopath.report import atomic_write, to_markdown, write_frame
@@ -309,15 +348,18 @@ def write_results(plans: dict[str, ScenarioPlan], results_dir: str, suite: str, 
     frames: dict[str, pd.DataFrame] = {}
     for name, plan in plans.items():
         frames[f"table_{name}"] = scenario_table(plan, load(plan, results_dir, suite))
+        frames[f"counters_{name}"] = counters_table(plan, runs_dir, results_dir, suite)
     deltas, boots = prediction_inputs(plans, results_dir, suite, n_boot)
     frames["scorecard"] = scorecard(deltas, boots) if deltas else pd.DataFrame()
     frames["gates"] = gates(results_dir)
     markdown, html = [], []
     for key, frame in frames.items():
         write_frame(out / f"{key}.csv", frame)
-        title = {"scorecard": "Scorecard (pre-registered predictions)", "gates": "Calibration gates"}.get(
-            key, f"Scenario {key.removeprefix('table_')}: AUROC by arm (mean over replicates)"
-        )
+        title = {"scorecard": "Scorecard (pre-registered predictions)", "gates": "Calibration gates"}.get(key, "")
+        if key.startswith("table_"):
+            title = f"Scenario {key.removeprefix('table_')}: AUROC by arm (mean over replicates)"
+        elif key.startswith("counters_"):
+            title = f"Scenario {key.removeprefix('counters_')}: mechanism counters (mean over replicates)"
         markdown.append(to_markdown(frame.round(3), title) if len(frame) else f"## {title}\n\n(no finished runs)\n")
         html.append(f"<h2>{escape(title)}</h2>" + frame.round(3).to_html(index=False, escape=True, na_rep=""))
     atomic_write(out / "evidence.md", "\n\n".join(markdown))
@@ -365,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenario_table(plan, load(plan, args.results_dir, suite)).to_csv(out / f"table_{name}.csv", index=False)
         _print_frame(table.round(3).astype(str), "calibration gates (pre-registration §3)")
         return 0
-    frames = write_results(plans, args.results_dir, suite, Path(args.out), args.n_boot)
+    frames = write_results(plans, args.results_dir, suite, Path(args.out), args.n_boot, args.runs_dir)
     for key, frame in frames.items():
         if len(frame):
             _print_frame(frame.round(3).astype(str), key)

@@ -145,3 +145,23 @@ def test_existing_data_is_reused_and_another_generators_data_is_refused(tmp_path
     (folder / "truth.json").write_text(json.dumps({"generator_version": "1.0", "scenario": "P"}))
     with pytest.raises(ConfigError, match=r"written by generator 1.0"):
         ensure_data(tmp_path, "P", 7, oracle=False)
+
+
+def test_counters_read_the_last_logged_value_and_the_tta_log_line(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mammopath.evidence import run_counters
+
+    fit = tmp_path / "fit"
+    writer = SummaryWriter(str(fit))
+    for step, value in ((10, 1.0), (20, 4.0)):
+        writer.add_scalar("dg/irm_skipped_envs", value, step)
+        writer.add_scalar("dg/mixstyle_single_domain", value / 2, step)
+    writer.close()
+    log = tmp_path / "sweep.log"
+    log.write_text("INFO mammopath.callbacks.tta: CausalTTA: 12 adapted batches, 3 resets\n")
+    found = run_counters(fit, log)
+    assert found["irm_skipped_envs"] == 4.0 and found["mixstyle_single_domain"] == 2.0
+    assert np.isnan(found["mixstyle_batches"])  # never logged: not a zero
+    assert (found["tta_adapted_batches"], found["tta_resets"]) == (12.0, 3.0)
+    assert np.isnan(run_counters(tmp_path / "none", tmp_path / "none.log")["tta_resets"])
