@@ -165,6 +165,12 @@ def _renamed(style: Any, name: str) -> Any:
     return replace(style, name=name)
 
 
+def _paired_scenario(name: str, description: str, paired: str) -> Scenario:
+    """M4 and its negative variant: one paired site, 20% of the training mammograms labelled."""
+    domains = (Domain(PAIRED_MAMMO), Domain(PAIRED_PATHO))
+    return Scenario(name, description, domains, sizes=PAIRED_SIZES, paired=paired, mammo_labelled=0.2)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "P": Scenario(
         "P",
@@ -195,24 +201,18 @@ SCENARIOS: dict[str, Scenario] = {
         "causal meaning here.",
         _both((None, None, None), ((MAMMO_NEAR, None),), ((PATHO_NEAR, None),), confound=0.8),
     ),
-    "M4": Scenario(
+    "M4": _paired_scenario(
         "M4",
         "paired alignment: one site, the same patients in both modalities, one malignancy label per patient, "
         "mammography labels kept for 20% of the training patients (pathology fully labelled). Arms: no alignment, "
         "true pairs, shuffled pairs (manifest_shuffled.csv).",
-        (Domain(PAIRED_MAMMO), Domain(PAIRED_PATHO)),
-        sizes=PAIRED_SIZES,
-        paired="shared",
-        mammo_labelled=0.2,
+        "shared",
     ),
-    "M4N": Scenario(
+    "M4N": _paired_scenario(
         "M4N",
         "M4's negative variant: the pathology label is drawn independently of the mammography label, so the "
         "true pairs carry no information about the mammogram's class.",
-        (Domain(PAIRED_MAMMO), Domain(PAIRED_PATHO)),
-        sizes=PAIRED_SIZES,
-        paired="independent",
-        mammo_labelled=0.2,
+        "independent",
     ),
 }
 
