@@ -315,8 +315,10 @@ def prediction_inputs(plans: dict[str, ScenarioPlan], results_dir: str, suite: s
 def gates(results_dir: str, suite: str = "calibration") -> pd.DataFrame:
     """The calibration gates of the pre-registration (§3) on the calibration runs: value, threshold, pass."""
     rows = []
-    tables = {name: scenario_table(plan, load(plan, results_dir, suite)).set_index("arm")
-              for name, plan in CALIBRATION.items()}  # fmt: skip
+    tables = {}
+    for name, plan in CALIBRATION.items():
+        table = scenario_table(plan, load(plan, results_dir, suite))
+        tables[name] = table.set_index("arm") if len(table) else table  # no finished run: every value NaN
 
     def value(scenario: str, arm: str, column: str) -> float:
         table = tables[scenario]

@@ -165,3 +165,10 @@ def test_counters_read_the_last_logged_value_and_the_tta_log_line(tmp_path: Path
     assert np.isnan(found["mixstyle_batches"])  # never logged: not a zero
     assert (found["tta_adapted_batches"], found["tta_resets"]) == (12.0, 3.0)
     assert np.isnan(run_counters(tmp_path / "none", tmp_path / "none.log")["tta_resets"])
+
+
+def test_gates_without_runs_are_measured_as_missing_and_fail(tmp_path: Path) -> None:
+    from mammopath.evidence import gates
+
+    table = gates(str(tmp_path), "calibration")
+    assert len(table) == 10 and table["measured"].isna().all() and not table["pass"].any()
