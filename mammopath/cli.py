@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mammopath.errors import MammopathError
+from mammopath.errors import user_message
 
 console = Console(stderr=False)
 log = logging.getLogger("mammopath")
@@ -262,6 +262,18 @@ def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True):  # t
     return MammoPathCLI.create(args, run=run, epilog=DATA_COMMANDS_HELP)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A log handler writing to whatever ``sys.stderr`` is at the time of each record (not the one at creation)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `mammopath`, `lightning` and `python -m mammopath`."""
     import warnings
@@ -271,24 +283,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    if argv and argv[0] in COMMANDS:
-        try:
-            return COMMANDS[argv[0]](argv[1:])
-        except MammopathError as exc:
-            console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
-            return 2
-    if not argv or argv[0] in ("-h", "--help"):
-        console.print(DATA_COMMANDS_HELP, highlight=False, markup=False)
     try:
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        if not argv or argv[0] in ("-h", "--help"):
+            console.print(DATA_COMMANDS_HELP, highlight=False, markup=False)
         run_lightning_cli(None if from_command_line else argv)
-    except MammopathError as exc:
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        report_error(message)
         return 2
     return 0
+
+
+def report_error(message: str) -> None:
+    """Print ``error: <message>`` for a user's mistake: no traceback, never wrapped by the console's width."""
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

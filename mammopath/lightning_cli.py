@@ -31,7 +31,8 @@ from lightning.pytorch.cli import LightningCLI
 
 import mammopath.datamodules  # noqa: F401  (registers the short datamodule names for class_path)
 from mammopath.datamodules.lodo import LodoDataModule
-from mammopath.errors import CheckpointError, OutputDirError
+from mammopath.errors import CheckpointError, ConfigError, OutputDirError
+from mammopath.models.encoders import check_pretrained
 from mammopath.models.module import MammoPathModule
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ def apply_run_layout(config: Namespace, subcommand: str) -> str | None:
             _set(entry.init_args, "dirpath", str(run_dir / "checkpoints"), name)
         elif name == "AlignmentMonitor":
             _set(entry.init_args, "out_dir", str(results_dir / run_id), name)
+        elif name == "PredictionWriter":
+            _set(entry.init_args, "out_dir", str(results_dir / run_id / "predict"), name)
         elif name == "AttentionMapWriter":
             _set(entry.init_args, "out_dir", str(results_dir / run_id / "attention"), name)
         elif name == "ResultsWriter":
@@ -170,6 +173,39 @@ def configure_import_policy(allowed: str | None = None) -> list[str] | None:
     return None
 
 
+#: ``ckpt_path`` values Lightning resolves itself.
+CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
+
+
+def _checkpoint_hint(config: Namespace) -> str:
+    """Where ``fit`` of this config wrote its checkpoints (the fix for a wrong ``--ckpt_path``)."""
+    run = config.get("run_name")
+    if run:
+        method = config.get("method")
+        folder = Path(config.get("runs_dir") or "runs") / (f"{run}/{method}" if method else str(run)) / "checkpoints"
+        found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        listed = f" (there: {', '.join(found)})" if found else " (none there yet: run fit first)"
+        return f"fit of this config writes {folder}/best.ckpt and last.ckpt{listed}"
+    return "pass a checkpoint that fit wrote (its ModelCheckpoint dirpath, e.g. runs/<run>/checkpoints/best.ckpt)"
+
+
+def check_accelerator(accelerator: Any) -> None:
+    """Fail in the first second when ``trainer.accelerator`` names a device this machine does not have."""
+    import torch
+
+    name = str(accelerator or "auto").lower()
+    available = {
+        "gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if name in available and not available[name]:
+        raise ConfigError(
+            f"trainer.accelerator={name}: this machine has no {'CUDA GPU' if name != 'mps' else 'Apple MPS device'} "
+            "that torch can use; use --trainer.accelerator=cpu (or auto, which takes a GPU when there is one)"
+        )
+
+
 class MammoPathCLI(LightningCLI):
     """LightningCLI with the data → model links stated once and outputs derived from one run name."""
 
@@ -200,12 +236,27 @@ class MammoPathCLI(LightningCLI):
                 )
             if config.get("weights_only") is None:
                 config["weights_only"] = True
+        if self.subcommand:
+            check_accelerator(config.trainer.get("accelerator"))
+        if self.subcommand and not config.get("ckpt_path"):  # a checkpoint brings its own encoder weights
+            model = config.get("model") or Namespace()
+            check_pretrained(str(model.get("backbone")), str(model.get("freeze")), model.get("checkpoint_path"))
         if self.subcommand:  # fail in the first second, not after the first epoch
             for folder in output_dirs(config):
                 check_writable(folder, float(config.get("min_free_space_mb") or 0.0))
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads the hyper-parameters of ``ckpt_path`` with ``weights_only=True``; a refusal names it."""
+        """Lightning reads the hyper-parameters of ``ckpt_path`` with ``weights_only=True``; a refusal names it.
+
+        A ``ckpt_path`` that is not a file fails here, before any data is read (Lightning would fail after setup).
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        local = bool(ckpt_path) and ckpt_path not in CKPT_KEYWORDS and "://" not in str(ckpt_path)
+        if local and not Path(ckpt_path).is_file():
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path}: file not found; {_checkpoint_hint(self.config[subcommand])}"
+            )
         try:
             super()._parse_ckpt_path()
         except pickle.UnpicklingError as exc:

@@ -249,13 +249,26 @@ def validate_manifest(
         first = int(df.index[df["sample_id"] == df.at[i, "sample_id"]][0]) + 1
         problems.append((int(i) + 1, "sample_id", f"duplicate sample_id (first used in row {first})"))
 
+    if check_files and root_path is not None and not is_url(root_path) and not Path(root_path).is_dir():
+        what = "is not a folder" if Path(root_path).exists() else "does not exist"
+        raise ManifestError(
+            source,
+            [(None, None, f"data root {root_path} {what}: give the folder the manifest's paths are relative to")],
+        )
+    missing_files: list[tuple[int, str]] = []
     for i, value in df["path"].items():
         if value:
             reason = _path_problem(value, root_path)
             if reason:
                 problems.append((int(i) + 1, "path", f"path {reason}"))
             elif check_files and root_path is not None and file_missing(value):
-                problems.append((int(i) + 1, "path", "file not found under the data root"))
+                missing_files.append((int(i) + 1, value))
+    if missing_files:  # one line for many: a wrong root makes every row miss its file
+        first_row, first = missing_files[0]
+        shown = location.join(root_path, first) if root_path is not None else first
+        more = f" and {len(missing_files) - 1} more of {len(df)} rows" if len(missing_files) > 1 else ""
+        hint = "; is the data root right?" if len(missing_files) > 1 else ""
+        problems.append((first_row, "path", f"file not found under the data root: {shown}{more}{hint}"))
     for i, value in df["roi_path"].items():
         if value:
             reason = _path_problem(value, root_path)

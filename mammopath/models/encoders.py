@@ -34,6 +34,26 @@ FREEZE_POLICIES = ("adapters", "last_k", "full")
 GRAYSCALE_MODES = ("sum", "replicate")
 
 
+def check_pretrained(backbone: str, freeze: str, checkpoint_path: str | None) -> None:
+    """Refuse a frozen (or partly frozen) encoder that has no pretrained weights to keep frozen.
+
+    With ``freeze`` other than ``full`` only the adapters (and perhaps the last blocks) train; without
+    ``checkpoint_path`` the rest is a random network, and the run would quietly learn from random features.
+
+    Raises:
+        ConfigError: naming ``model.freeze`` / ``model.checkpoint_path`` and the two ways out.
+    """
+    if freeze == "full" or checkpoint_path:
+        return
+    preset = get_preset(backbone)
+    encoder = f"--config experiments/encoders/{backbone}.yaml" if preset is not None else "an encoder preset"
+    raise ConfigError(
+        f"model.freeze={freeze} keeps '{backbone}' frozen but model.checkpoint_path is not set, so it would stay "
+        f"randomly initialised: give its weights ({encoder} or --model.checkpoint_path=FILE; `mammopath encoders` "
+        "lists the presets and where each file goes) or train the whole encoder with --model.freeze=full"
+    )
+
+
 class ChannelSumConv2d(nn.Conv2d):
     """A patch-embedding convolution that also takes 1-channel input, convolved with the kernel summed over channels.
 
