@@ -73,15 +73,11 @@ def test_missing_checkpoint_fails_before_data_setup(
     line = error_line(capsys)
     assert f"--ckpt_path {missing}: file not found" in line and "checkpoint" in line
     # with a run name the fix names where that run's fit writes its checkpoints
-    assert (
-        main(
-            [
-                "test", *TINY, f"--data.manifest={synth_root / 'manifest.csv'}", f"--ckpt_path={missing}",
-                "--run_name=demo", f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
-            ]  # fmt: skip
-        )
-        == 2
-    )
+    named = [
+        "test", *TINY, f"--data.manifest={synth_root / 'manifest.csv'}", f"--ckpt_path={missing}",
+        "--run_name=demo", f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
+    ]  # fmt: skip
+    assert main(named) == 2
     assert f"{tmp_path / 'runs' / 'demo' / 'checkpoints'}/best.ckpt" in error_line(capsys)
 
 
@@ -95,7 +91,8 @@ def test_unavailable_accelerator_is_one_line(synth_root: Path, capsys: pytest.Ca
 def test_missing_data_root_is_named_once(synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     nowhere = tmp_path / "nowhere"
     manifest = synth_root / "manifest.csv"
-    assert main(["fit", *TINY, f"--data.manifest={manifest}", f"--data.root={nowhere}", "--trainer.fast_dev_run=1"]) == 2
+    args = ["fit", *TINY, f"--data.manifest={manifest}", f"--data.root={nowhere}", "--trainer.fast_dev_run=1"]
+    assert main(args) == 2
     line = error_line(capsys)
     assert f"data root {nowhere} does not exist" in line and str(manifest) in line
     assert main(["validate-manifest", str(manifest), "--root", str(nowhere)]) == 2

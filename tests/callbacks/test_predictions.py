@@ -29,7 +29,8 @@ def test_predict_on_an_unsplit_manifest_scores_as_test_does(synth_root: Path, tm
     assert main(["fit", *fit, "--trainer.limit_val_batches=1"]) == 0
     (ckpt,) = list((tmp_path / "fit").rglob("*.ckpt"))
     results = tmp_path / "test_results"
-    writer = ["--trainer.callbacks+=mammopath.callbacks.results.ResultsWriter", f"--trainer.callbacks.out_dir={results}"]
+    writer = ["--trainer.callbacks+=mammopath.callbacks.results.ResultsWriter"]
+    writer.append(f"--trainer.callbacks.out_dir={results}")
     assert main(["test", *_args(manifest, synth_root, tmp_path / "test", *writer), f"--ckpt_path={ckpt}"]) == 0
     tested = pd.read_csv(results / "predictions.csv", keep_default_na=False, na_values=[""])
 

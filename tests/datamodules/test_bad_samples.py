@@ -88,7 +88,9 @@ def test_raise_policy_names_the_file(
         _no_canary(str(error.value), repr(error.value), *map(str, error.value.args))
 
 
-def test_raise_policy_in_dataloader_workers_is_one_line_and_exit_2(broken_data: tuple[Path, str], tmp_path: Path) -> None:
+def test_raise_policy_in_dataloader_workers_is_one_line_and_exit_2(
+    broken_data: tuple[Path, str], tmp_path: Path
+) -> None:
     """The same error raised inside DataLoader workers (num_workers: 2) reaches the user unwrapped, as one line."""
     import subprocess
     import sys
