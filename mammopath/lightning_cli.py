@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 import mammopath.datamodules  # noqa: F401  (registers the short datamodule names for class_path)
+from mammopath.config_errors import OneLineParser, check_yaml_files, config_files_of
 from mammopath.datamodules.lodo import LodoDataModule
 from mammopath.errors import CheckpointError, ConfigError, OutputDirError
 from mammopath.models.encoders import check_pretrained
@@ -209,6 +211,11 @@ def check_accelerator(accelerator: Any) -> None:
 class MammoPathCLI(LightningCLI):
     """LightningCLI with the data → model links stated once and outputs derived from one run name."""
 
+    def init_parser(self, **kwargs: Any):  # type: ignore[no-untyped-def]
+        """Every parser (main and subcommands) refuses abbreviated options: ``--model.backbon`` is not ``backbone``."""
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
+
     def add_arguments_to_parser(self, parser):  # type: ignore[no-untyped-def]
         parser.add_argument("--run_name", type=str | None, default=None, help="run name: decides every output folder")
         parser.add_argument("--method", type=str | None, default=None, help="method tag: runs/<run_name>/<method>")
@@ -236,6 +243,10 @@ class MammoPathCLI(LightningCLI):
                 )
             if config.get("weights_only") is None:
                 config["weights_only"] = True
+        ckpt_path = config.get("ckpt_path") if self.subcommand else None
+        local = bool(ckpt_path) and ckpt_path not in CKPT_KEYWORDS and "://" not in str(ckpt_path)
+        if local and not Path(ckpt_path).is_file():  # Lightning would fail only after the data setup
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: file not found; {_checkpoint_hint(config)}")
         if self.subcommand:
             check_accelerator(config.trainer.get("accelerator"))
         if self.subcommand and not config.get("ckpt_path"):  # a checkpoint brings its own encoder weights
@@ -246,17 +257,7 @@ class MammoPathCLI(LightningCLI):
                 check_writable(folder, float(config.get("min_free_space_mb") or 0.0))
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads the hyper-parameters of ``ckpt_path`` with ``weights_only=True``; a refusal names it.
-
-        A ``ckpt_path`` that is not a file fails here, before any data is read (Lightning would fail after setup).
-        """
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        local = bool(ckpt_path) and ckpt_path not in CKPT_KEYWORDS and "://" not in str(ckpt_path)
-        if local and not Path(ckpt_path).is_file():
-            raise CheckpointError(
-                f"--ckpt_path {ckpt_path}: file not found; {_checkpoint_hint(self.config[subcommand])}"
-            )
+        """Lightning reads the hyper-parameters of ``ckpt_path`` with ``weights_only=True``; a refusal names it."""
         try:
             super()._parse_ckpt_path()
         except pickle.UnpicklingError as exc:
@@ -273,10 +274,12 @@ class MammoPathCLI(LightningCLI):
     def create(cls, args: Sequence[str] | None = None, *, run: bool = True, epilog: str = "") -> MammoPathCLI:
         """Build (and by default run) the CLI; ``args=None`` reads ``sys.argv``."""
         configure_import_policy()
+        check_yaml_files(config_files_of(list(args) if args is not None else sys.argv[1:]))
         return cls(
             MammoPathModule,
             LodoDataModule,
             subclass_mode_data=True,
+            parser_class=OneLineParser,
             args=list(args) if args is not None else None,
             run=run,
             seed_everything_default=0,
