@@ -237,6 +237,8 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
                 progress.advance(task, step)
 
         result = module.prepare(Path(args.root), metadata=args.metadata, progress=advance)
+    if len(result.manifest) == 0:  # nothing to write: say why instead of an empty manifest
+        raise ConfigError(empty_prepare(args.benchmark, args.root, result.dropped))
     manifest = validate_manifest(result.manifest, args.root, source=args.out)
     write_manifest(manifest, args.out)
     _print_frame(summarize(manifest), f"{args.benchmark} → {args.out} ({len(manifest)} rows)")
@@ -246,6 +248,19 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     return 0
+
+
+def empty_prepare(benchmark: str, root: str, dropped) -> str:  # type: ignore[no-untyped-def]
+    """Why ``prepare`` found no sample: the most common drop reason and the first item, or that nothing was listed."""
+    if dropped is not None and len(dropped):
+        reasons = dropped.groupby("reason").size().sort_values(ascending=False)
+        reason, count = str(reasons.index[0]), int(reasons.iloc[0])
+        first = dropped[dropped["reason"] == reason]["item"].iloc[0]
+        return (
+            f"prepare {benchmark}: 0 rows from {root}: all {len(dropped)} listed item(s) were dropped, {count} because "
+            f"'{reason}' (first: {first}); point --root at the release folder holding the image files"
+        )
+    return f"prepare {benchmark}: 0 rows: no sample found under {root}; point --root at the release folder"
 
 
 def _cmd_tile(argv: Sequence[str]) -> int:

@@ -114,3 +114,33 @@ def test_many_missing_files_give_one_summary_line(
     first = wrong / manifest["path"].iloc[0]
     assert f"row 1, column 'path': file not found under the data root: {first}" in line
     assert f"and {len(manifest) - 2} more of {len(manifest)} rows" in line
+
+
+def test_prepare_that_finds_no_image_says_why_instead_of_writing_0_rows(
+    synth_releases: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csvs = tmp_path / "cbis"  # the four description CSVs, but no CBIS-DDSM/ image folder
+    csvs.mkdir()
+    for csv in synth_releases.glob("*_case_description_*.csv"):
+        shutil.copy(csv, csvs / csv.name)
+    out = tmp_path / "m.csv"
+    assert main(["prepare", "cbis-ddsm", "--root", str(csvs), "--out", str(out)]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: prepare cbis-ddsm: 0 rows from {csvs}") and "image file not on disk" in line
+    assert "--root" in line and not out.exists()
+
+
+def test_tiling_that_keeps_no_patch_names_the_parameters(
+    synth_releases: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = synth_releases / "CAMELYON17"
+    slides = tmp_path / "slides.csv"
+    assert main(["prepare", "camelyon17", "--root", str(root), "--out", str(slides)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "patches.csv"
+    assert main(["tile", str(slides), "--root", str(root), "--out", str(out)]) == 2  # 224 px at 0.5 µm/px
+    line = error_line(capsys)
+    assert "tiling kept no patch from 50 slide(s) with size=224, mpp=0.5, min_tissue=0.5" in line
+    assert "smaller than one patch" in line and not out.exists()
+    assert main(["tile", str(slides), "--root", str(root), "--out", str(out), "--size", "32"]) == 0
+    assert out.is_file()
