@@ -161,7 +161,7 @@ def _print_frame(df, title: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def _cmd_validate_manifest(argv: Sequence[str]) -> int:
-    from mammopath.manifest import load_manifest, summarize
+    from mammopath.manifest import load_manifest, manifest_warnings, summarize
 
     parser = argparse.ArgumentParser(prog="mammopath validate-manifest", description="Validate a manifest.")
     parser.add_argument("manifest")
@@ -189,6 +189,8 @@ def _cmd_validate_manifest(argv: Sequence[str]) -> int:
             bad = decode_check(df, root, workers=args.workers, progress=advance)
         raise_for_bad(bad, args.manifest, len(df))
     _print_frame(summarize(df), f"{args.manifest}: valid ({len(df)} rows, {df['patient_id'].nunique()} patients)")
+    for warning in manifest_warnings(df, root if not args.no_check_files else None):
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -218,13 +220,20 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
     from mammopath.datasets import BUILDERS, builder
     from mammopath.manifest import summarize, validate_manifest, write_manifest
 
-    parser = argparse.ArgumentParser(prog="mammopath prepare", description="Build a manifest from a benchmark release.")
+    parser = argparse.ArgumentParser(
+        prog="mammopath prepare", description="Build a manifest from a benchmark release or your own folder."
+    )
     parser.add_argument("benchmark", choices=sorted(BUILDERS))
     parser.add_argument("--root", required=True, help="the release folder as downloaded")
     parser.add_argument("--out", required=True, help="manifest to write (.csv or .parquet)")
     parser.add_argument("--metadata", default=None, help="folder holding the metadata files, if not in --root")
+    parser.add_argument("--domain", default=None, help="folder: the site / scanner of every file (required)")
+    parser.add_argument("--salt", default=None, help="folder: secret salt of the hashed ids ($MAMMOPATH_ID_SALT)")
     args = parser.parse_args(argv)
     module = builder(args.benchmark)
+    own = {"domain": args.domain, "salt": args.salt} if args.benchmark == "folder" else {}
+    if not own and (args.domain or args.salt):
+        raise ConfigError(f"--domain / --salt are options of `prepare folder`; {args.benchmark} sets its own domains")
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
@@ -236,7 +245,7 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
             else:
                 progress.advance(task, step)
 
-        result = module.prepare(Path(args.root), metadata=args.metadata, progress=advance)
+        result = module.prepare(Path(args.root), metadata=args.metadata, progress=advance, **own)
     if len(result.manifest) == 0:  # nothing to write: say why instead of an empty manifest
         raise ConfigError(empty_prepare(args.benchmark, args.root, result.dropped))
     manifest = validate_manifest(result.manifest, args.root, source=args.out)

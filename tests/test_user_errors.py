@@ -144,3 +144,14 @@ def test_tiling_that_keeps_no_patch_names_the_parameters(
     assert "smaller than one patch" in line and not out.exists()
     assert main(["tile", str(slides), "--root", str(root), "--out", str(out), "--size", "32"]) == 0
     assert out.is_file()
+
+
+def test_the_shipped_example_manifest_is_valid() -> None:
+    from mammopath.manifest import REQUIRED_COLUMNS, load_manifest
+
+    example = REPO / "docs/examples/manifest.csv"
+    df = load_manifest(example, example.parent, check_files=False)
+    assert set(REQUIRED_COLUMNS) <= set(pd.read_csv(example, nrows=0).columns)
+    assert set(df["modality"]) == {"mammo", "patho"} and (df["split"] == "").any()  # a row to predict
+    readme = (REPO / "README.md").read_text()
+    assert "docs/examples/manifest.csv" in readme and all(f"`{c}`" in readme for c in REQUIRED_COLUMNS)
