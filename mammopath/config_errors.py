@@ -29,6 +29,22 @@ _CONFIG_FILES: list[Path] = []
 _CLI_KEYS: set[str] = set()
 
 
+def resolve_config_args(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each ``--config`` naming a shipped config resolved (:func:`mammopath.resources.resolve_config`).
+
+    So ``--config experiments/synth.yaml`` works from any folder once mammopath is installed.
+    """
+    from mammopath.resources import resolve_config
+
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            args[i + 1] = str(resolve_config(args[i + 1]))
+        elif arg.startswith("--config="):
+            args[i] = f"--config={resolve_config(arg.split('=', 1)[1])}"
+    return args
+
+
 def config_files_of(argv: Sequence[str]) -> list[Path]:
     """The files given with ``--config``/``-c`` in ``argv``, remembered for naming them in errors."""
     files: list[Path] = []

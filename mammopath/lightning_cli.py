@@ -31,7 +31,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 import mammopath.datamodules  # noqa: F401  (registers the short datamodule names for class_path)
-from mammopath.config_errors import OneLineParser, check_yaml_files, config_files_of
+from mammopath.config_errors import OneLineParser, check_yaml_files, config_files_of, resolve_config_args
 from mammopath.datamodules.lodo import LodoDataModule
 from mammopath.errors import CheckpointError, ConfigError, OutputDirError
 from mammopath.models.encoders import check_pretrained
@@ -274,6 +274,10 @@ class MammoPathCLI(LightningCLI):
     def create(cls, args: Sequence[str] | None = None, *, run: bool = True, epilog: str = "") -> MammoPathCLI:
         """Build (and by default run) the CLI; ``args=None`` reads ``sys.argv``."""
         configure_import_policy()
+        if args is None:  # the command line itself (LightningCLI reads sys.argv)
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        else:
+            args = resolve_config_args(args)
         check_yaml_files(config_files_of(list(args) if args is not None else sys.argv[1:]))
         return cls(
             MammoPathModule,

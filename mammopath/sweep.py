@@ -63,7 +63,9 @@ class Grid:
 
     @classmethod
     def load(cls, path: str | Path) -> Grid:
-        path = Path(path)
+        from mammopath.resources import resolve_config
+
+        path = resolve_config(path)  # a shipped grid (experiments/sweeps/...) from any folder
         try:
             raw = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
