@@ -78,7 +78,7 @@ HELDOUT ?= inbreast
 METHOD ?= erm
 SEED ?= 0
 
-check-weights:
+check-weights: ## check ENCODER= names a preset and WEIGHTS= exists (run by reproduce and lodo)
 	@test -f "experiments/encoders/$(ENCODER).yaml" || (echo "error: ENCODER=$(ENCODER) is not a preset of experiments/encoders/ (see mammopath encoders)"; exit 2)
 	@test -z "$(WEIGHTS)" -o -e "$(WEIGHTS)" || (echo "error: WEIGHTS=$(WEIGHTS) not found; download the encoder's weights first (mammopath encoders)"; exit 2)
 

@@ -245,7 +245,7 @@ class MammoPathCLI(LightningCLI):
                 config["weights_only"] = True
         ckpt_path = config.get("ckpt_path") if self.subcommand else None
         local = bool(ckpt_path) and ckpt_path not in CKPT_KEYWORDS and "://" not in str(ckpt_path)
-        if local and not Path(ckpt_path).is_file():  # Lightning would fail only after the data setup
+        if local and not Path(str(ckpt_path)).is_file():  # Lightning would fail only after the data setup
             raise CheckpointError(f"--ckpt_path {ckpt_path}: file not found; {_checkpoint_hint(config)}")
         if self.subcommand:
             check_accelerator(config.trainer.get("accelerator"))

@@ -264,8 +264,8 @@ def validate_manifest(
             elif check_files and root_path is not None and file_missing(value):
                 missing_files.append((int(i) + 1, value))
     if missing_files:  # one line for many: a wrong root makes every row miss its file
-        first_row, first = missing_files[0]
-        shown = location.join(root_path, first) if root_path is not None else first
+        first_row, first_path = missing_files[0]
+        shown = location.join(root_path, first_path) if root_path is not None else first_path
         more = f" and {len(missing_files) - 1} more of {len(df)} rows" if len(missing_files) > 1 else ""
         hint = "; is the data root right?" if len(missing_files) > 1 else ""
         problems.append((first_row, "path", f"file not found under the data root: {shown}{more}{hint}"))
