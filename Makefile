@@ -6,15 +6,15 @@ BIN := $(VENV)/bin
 SYNTH := data/synth
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo prepare-demo test test-all lint format bench reproduce reproduce-demo lodo report tensorboard clean evidence calibrate
+.PHONY: help install demo prepare-demo test test-all lint format bench reproduce reproduce-demo lodo report tensorboard clean check-weights evidence calibrate
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip >/dev/null
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	touch $@
 
 install: $(BIN)/.installed ## create .venv and install mammopath (editable) with dev tools
@@ -74,17 +74,27 @@ reproduce-demo: install $(SYNTH)/manifest.csv ## the reproduction sweep on the s
 	$(BIN)/mammopath report results/reproduce-demo/*/*/seed* --out results/reproduce-demo
 
 DATA_ROOT ?= data/raw
-PUBLIC := --config experiments/base.yaml --config experiments/benchmarks/public.yaml
+# the frozen encoder needs its pretrained weights: ENCODER=<preset> (`mammopath encoders` lists them) and
+# WEIGHTS=<file or folder> (default: the path in experiments/encoders/$(ENCODER).yaml)
+ENCODER ?= vit_base
+WEIGHTS ?=
+ENCODER_ARGS := --config experiments/encoders/$(ENCODER).yaml $(if $(WEIGHTS),--model.checkpoint_path=$(WEIGHTS))
+PUBLIC := --config experiments/base.yaml --config experiments/benchmarks/public.yaml $(ENCODER_ARGS)
 HELDOUT ?= inbreast
 METHOD ?= erm
 SEED ?= 0
 
-reproduce: install ## every LODO fold x method x seed on the public releases under DATA_ROOT, then the report
+check-weights: ## check ENCODER= names a preset and WEIGHTS= exists (run by reproduce and lodo)
+	@test -f "experiments/encoders/$(ENCODER).yaml" || (echo "error: ENCODER=$(ENCODER) is not a preset of experiments/encoders/ (see mammopath encoders)"; exit 2)
+	@test -z "$(WEIGHTS)" -o -e "$(WEIGHTS)" || (echo "error: WEIGHTS=$(WEIGHTS) not found; download the encoder's weights first (mammopath encoders)"; exit 2)
+
+reproduce: install check-weights ## every LODO fold x method x seed on DATA_ROOT (ENCODER=vit_base WEIGHTS=file), then the report
 	@test -d "$(DATA_ROOT)" || (echo "put the releases under DATA_ROOT=$(DATA_ROOT) first (docs/reproduction.md)"; exit 2)
-	$(BIN)/mammopath sweep experiments/sweeps/public.yaml --extra=--data.init_args.data_root=$(DATA_ROOT)
+	$(BIN)/mammopath sweep experiments/sweeps/public.yaml --extra=--data.init_args.data_root=$(DATA_ROOT) \
+		$(foreach a,$(ENCODER_ARGS),--extra=$(a))
 	$(BIN)/mammopath report results/reproduce/*/*/seed* --out results/reproduce
 
-lodo: install ## one fold on the public releases: make lodo HELDOUT=<domain> METHOD=<name> SEED=<n> DATA_ROOT=...
+lodo: install check-weights ## one fold: make lodo HELDOUT=<domain> METHOD=<name> SEED=<n> DATA_ROOT=... WEIGHTS=...
 	$(BIN)/mammopath fit $(PUBLIC) --config experiments/baselines/$(METHOD).yaml --data.init_args.data_root=$(DATA_ROOT) \
 		--data.init_args.holdout_domains=[$(HELDOUT)] --run_name=lodo/$(HELDOUT) --method=$(METHOD)/seed$(SEED) --seed_everything=$(SEED)
 	$(BIN)/mammopath test $(PUBLIC) --config experiments/baselines/$(METHOD).yaml --data.init_args.data_root=$(DATA_ROOT) \

@@ -3,7 +3,7 @@
 Training commands are LightningCLI subcommands (``fit``, ``validate``, ``test``, ``predict``),
 configured by YAML files composed left to right (``--config a.yaml --config b.yaml``). The data
 commands (``synth``, ``prepare``, ``tile``, ``validate-manifest``, ``report``) are plain argparse
-commands with rich output.
+commands with rich output. ``mammopath --help`` lists every command once with an example.
 """
 
 from __future__ import annotations
@@ -18,20 +18,64 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mammopath.errors import MammopathError
+from mammopath.errors import ConfigError, user_message
 
 console = Console(stderr=False)
 log = logging.getLogger("mammopath")
 
-DATA_COMMANDS_HELP = """data commands:
-  synth               write the synthetic multi-hospital benchmark (real formats) and its manifest
-  prepare             build a manifest from a benchmark release (cbis-ddsm, inbreast, bach, camelyon16/17)
-  tile                turn slide rows into patch rows (tissue detection, tumour fraction)
-  validate-manifest   check a manifest against its data root (--decode: decode every file first)
-  report              merge result folders into one table with figures
-  sweep               run a methods x folds x seeds grid (resumable) and summarize it
-  evidence            the pre-registered evidence suite (generator v2 scenarios; --calibrate: the gates)
-training commands (LightningCLI): fit, validate, test, predict  (see `mammopath fit --help`)"""
+#: (command, what it does, an example); `mammopath --help` lists each once, in this order.
+COMMAND_HELP: tuple[tuple[str, str, str], ...] = (
+    ("fit", "train; model selection on the source domains' validation split",
+     "mammopath fit --config experiments/synth.yaml"),
+    ("validate", "one pass over the validation split",
+     "mammopath validate --config experiments/synth.yaml --ckpt_path runs/synth/checkpoints/best.ckpt"),
+    ("test", "per-domain metrics on the source test split and the held-out domains",
+     "mammopath test --config experiments/synth.yaml --ckpt_path runs/synth/checkpoints/best.ckpt"),
+    ("predict", "score new cases (manifest rows with an empty split) -> results/<run>/predict/predictions.csv",
+     "mammopath predict --config experiments/synth.yaml --data.manifest=new.csv --ckpt_path runs/synth/.../best.ckpt"),
+    ("synth", "write the synthetic multi-hospital benchmark (real formats) and its manifest",
+     "mammopath synth --out data/synth"),
+    ("prepare", "build a manifest from a benchmark release, or from your own folder of DICOMs/slides",
+     "mammopath prepare folder --root /data/site_a --domain site_a --out site_a.csv"),
+    ("tile", "turn whole-slide rows into patch rows (tissue detection, tumour fraction)",
+     "mammopath tile slides.csv --root /data/slides --out patches.csv --size 224 --mpp 0.5"),
+    ("validate-manifest", "check a manifest against its data root (--decode: decode every file)",
+     "mammopath validate-manifest site_a.csv --root /data/site_a"),
+    ("report", "merge result folders into one table with figures",
+     "mammopath report results/demo --out results/report"),
+    ("sweep", "run a methods x folds x seeds grid (resumable) and summarize it",
+     "mammopath sweep experiments/sweeps/reproduce_demo.yaml"),
+    ("evidence", "the pre-registered evidence suite (generator v2 scenarios; --calibrate: the gates)",
+     "mammopath evidence --calibrate"),
+    ("encoders", "the pretrained encoder presets: licence and where each weight file goes",
+     "mammopath encoders"),
+)  # fmt: skip
+TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def top_level_help() -> str:
+    """`mammopath --help`: every command once, with what it does and an example."""
+    lines = [
+        f"mammopath {_version()}: domain-generalized cross-modal learning for mammography and histopathology",
+        "",
+        "usage: mammopath <command> [options]      mammopath <command> --help: the command's options",
+        "       mammopath --version",
+        "",
+        "commands (fit/validate/test/predict take YAML configs, composed left to right: --config a --config b):",
+    ]
+    for name, what, example in COMMAND_HELP:
+        lines += [f"  {name:<18} {what}", f"  {'':<18} e.g. {example}"]
+    lines += ["", "also installed as `lightning` and `python -m mammopath`; docs: README.md and docs/"]
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mammopath")
+    except PackageNotFoundError:  # pragma: no cover (a source tree without installing)
+        return "unknown"
 
 
 def _cmd_synth(argv: Sequence[str]) -> int:
@@ -146,7 +190,7 @@ def _print_frame(df, title: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def _cmd_validate_manifest(argv: Sequence[str]) -> int:
-    from mammopath.manifest import load_manifest, summarize
+    from mammopath.manifest import load_manifest, manifest_warnings, summarize
 
     parser = argparse.ArgumentParser(prog="mammopath validate-manifest", description="Validate a manifest.")
     parser.add_argument("manifest")
@@ -174,6 +218,8 @@ def _cmd_validate_manifest(argv: Sequence[str]) -> int:
             bad = decode_check(df, root, workers=args.workers, progress=advance)
         raise_for_bad(bad, args.manifest, len(df))
     _print_frame(summarize(df), f"{args.manifest}: valid ({len(df)} rows, {df['patient_id'].nunique()} patients)")
+    for warning in manifest_warnings(df, root if not args.no_check_files else None):
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -203,13 +249,20 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
     from mammopath.datasets import BUILDERS, builder
     from mammopath.manifest import summarize, validate_manifest, write_manifest
 
-    parser = argparse.ArgumentParser(prog="mammopath prepare", description="Build a manifest from a benchmark release.")
+    parser = argparse.ArgumentParser(
+        prog="mammopath prepare", description="Build a manifest from a benchmark release or your own folder."
+    )
     parser.add_argument("benchmark", choices=sorted(BUILDERS))
     parser.add_argument("--root", required=True, help="the release folder as downloaded")
     parser.add_argument("--out", required=True, help="manifest to write (.csv or .parquet)")
     parser.add_argument("--metadata", default=None, help="folder holding the metadata files, if not in --root")
+    parser.add_argument("--domain", default=None, help="folder: the site / scanner of every file (required)")
+    parser.add_argument("--salt", default=None, help="folder: secret salt of the hashed ids ($MAMMOPATH_ID_SALT)")
     args = parser.parse_args(argv)
     module = builder(args.benchmark)
+    own = {"domain": args.domain, "salt": args.salt} if args.benchmark == "folder" else {}
+    if not own and (args.domain or args.salt):
+        raise ConfigError(f"--domain / --salt are options of `prepare folder`; {args.benchmark} sets its own domains")
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
@@ -221,7 +274,9 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
             else:
                 progress.advance(task, step)
 
-        result = module.prepare(Path(args.root), metadata=args.metadata, progress=advance)
+        result = module.prepare(Path(args.root), metadata=args.metadata, progress=advance, **own)
+    if len(result.manifest) == 0:  # nothing to write: say why instead of an empty manifest
+        raise ConfigError(empty_prepare(args.benchmark, args.root, result.dropped))
     manifest = validate_manifest(result.manifest, args.root, source=args.out)
     write_manifest(manifest, args.out)
     _print_frame(summarize(manifest), f"{args.benchmark} → {args.out} ({len(manifest)} rows)")
@@ -231,6 +286,19 @@ def _cmd_prepare(argv: Sequence[str]) -> int:
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     return 0
+
+
+def empty_prepare(benchmark: str, root: str, dropped) -> str:  # type: ignore[no-untyped-def]
+    """Why ``prepare`` found no sample: the most common drop reason and the first item, or that nothing was listed."""
+    if dropped is not None and len(dropped):
+        reasons = dropped.groupby("reason").size().sort_values(ascending=False)
+        reason, count = str(reasons.index[0]), int(reasons.iloc[0])
+        first = dropped[dropped["reason"] == reason]["item"].iloc[0]
+        return (
+            f"prepare {benchmark}: 0 rows from {root}: all {len(dropped)} listed item(s) were dropped, {count} because "
+            f"'{reason}' (first: {first}); point --root at the release folder holding the image files"
+        )
+    return f"prepare {benchmark}: 0 rows: no sample found under {root}; point --root at the release folder"
 
 
 def _cmd_tile(argv: Sequence[str]) -> int:
@@ -267,6 +335,25 @@ def _cmd_tile(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_encoders(argv: Sequence[str]) -> int:
+    from mammopath.models.presets import ENCODER_PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="mammopath encoders", description="List the pretrained encoder presets and where each weight file goes."
+    )
+    parser.parse_args(argv)
+    lines = ["encoder presets (nothing is downloaded; use one with --config experiments/encoders/<name>.yaml):", ""]
+    for name, preset in ENCODER_PRESETS.items():
+        lines += [
+            f"  {name:<12} {preset.title}, pretrained on {preset.domain}; licence: {preset.licence}",
+            f"  {'':<12} weight file: {preset.default_location}  (or --model.checkpoint_path=FILE)",
+            f"  {'':<12} obtain: {preset.source} ({preset.obtain})",
+        ]
+    lines += ["", "Without weights, train the whole encoder instead: --model.freeze=full."]
+    console.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
 def _cmd_sweep(argv: Sequence[str]) -> int:
     from mammopath.sweep import main as sweep_main
 
@@ -287,6 +374,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "synth": _cmd_synth,
     "validate-manifest": _cmd_validate_manifest,
     "report": _cmd_report,
+    "encoders": _cmd_encoders,
 }
 
 
@@ -294,7 +382,19 @@ def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True):  # t
     """The LightningCLI for MammoPathModule + CrossModalDataModule (``args`` as on the command line)."""
     from mammopath.lightning_cli import MammoPathCLI
 
-    return MammoPathCLI.create(args, run=run, epilog=DATA_COMMANDS_HELP)
+    return MammoPathCLI.create(args, run=run, epilog="all commands: mammopath --help")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A log handler writing to whatever ``sys.stderr`` is at the time of each record (not the one at creation)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -306,24 +406,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    if argv and argv[0] in COMMANDS:
-        try:
-            return COMMANDS[argv[0]](argv[1:])
-        except MammopathError as exc:
-            console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
-            return 2
-    if not argv or argv[0] in ("-h", "--help"):
-        console.print(DATA_COMMANDS_HELP, highlight=False, markup=False)
     try:
-        run_lightning_cli(None if from_command_line else argv)
-    except MammopathError as exc:
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        if not argv or argv[0] in ("-h", "--help"):
+            console.print(top_level_help(), highlight=False, markup=False, soft_wrap=True)
+            return 0 if argv else 2
+        if argv[0] == "--version":
+            console.print(f"mammopath {_version()}", highlight=False)
+            return 0
+        if argv[0] not in TRAINING_COMMANDS and not (argv[0].startswith("-") and set(argv) & set(TRAINING_COMMANDS)):
+            raise ConfigError(unknown_command(argv[0]))
+        cli = run_lightning_cli(None if from_command_line else argv)
+        if getattr(cli, "subcommand", None) == "fit":
+            _print_next_step(cli, argv)
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        report_error(message)
         return 2
     return 0
+
+
+def unknown_command(word: str) -> str:
+    """The error for a first word that is not a command (the nearest command suggested)."""
+    import difflib
+
+    names = [name for name, _, _ in COMMAND_HELP]
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    what = "option" if word.startswith("-") else "command"
+    return f"unknown {what} '{word}': {hint}the commands are {', '.join(names)} (mammopath --help)"
+
+
+def _print_next_step(cli, argv: Sequence[str]) -> None:  # type: ignore[no-untyped-def]
+    """After ``fit``: one line naming the best checkpoint and the ``test`` command to run next."""
+    import shlex
+
+    callback = getattr(getattr(cli, "trainer", None), "checkpoint_callback", None)
+    best = str(getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "") or "")
+    if not best or not Path(best).is_file():
+        return
+    args, skip = [], False
+    for arg in argv[1:]:  # the same configs and options, without fit's own --ckpt_path (a resume)
+        if skip:
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        if not arg.startswith("--ckpt_path="):
+            args.append(arg)
+    command = shlex.join(["mammopath", "test", *args, f"--ckpt_path={best}"])
+    console.print(f"best checkpoint: {best}; next: {command}", highlight=False, markup=False, soft_wrap=True)
+
+
+def report_error(message: str) -> None:
+    """Print ``error: <message>`` for a user's mistake: no traceback, never wrapped by the console's width."""
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 import mammopath.datamodules  # noqa: F401  (registers the short datamodule names for class_path)
+from mammopath.config_errors import OneLineParser, check_yaml_files, config_files_of, resolve_config_args
 from mammopath.datamodules.lodo import LodoDataModule
-from mammopath.errors import CheckpointError, OutputDirError
+from mammopath.errors import CheckpointError, ConfigError, OutputDirError
+from mammopath.models.encoders import check_pretrained
 from mammopath.models.module import MammoPathModule
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,8 @@ def apply_run_layout(config: Namespace, subcommand: str) -> str | None:
             _set(entry.init_args, "dirpath", str(run_dir / "checkpoints"), name)
         elif name == "AlignmentMonitor":
             _set(entry.init_args, "out_dir", str(results_dir / run_id), name)
+        elif name == "PredictionWriter":
+            _set(entry.init_args, "out_dir", str(results_dir / run_id / "predict"), name)
         elif name == "AttentionMapWriter":
             _set(entry.init_args, "out_dir", str(results_dir / run_id / "attention"), name)
         elif name == "ResultsWriter":
@@ -170,8 +175,46 @@ def configure_import_policy(allowed: str | None = None) -> list[str] | None:
     return None
 
 
+#: ``ckpt_path`` values Lightning resolves itself.
+CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
+
+
+def _checkpoint_hint(config: Namespace) -> str:
+    """Where ``fit`` of this config wrote its checkpoints (the fix for a wrong ``--ckpt_path``)."""
+    run = config.get("run_name")
+    if run:
+        method = config.get("method")
+        folder = Path(config.get("runs_dir") or "runs") / (f"{run}/{method}" if method else str(run)) / "checkpoints"
+        found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        listed = f" (there: {', '.join(found)})" if found else " (none there yet: run fit first)"
+        return f"fit of this config writes {folder}/best.ckpt and last.ckpt{listed}"
+    return "pass a checkpoint that fit wrote (its ModelCheckpoint dirpath, e.g. runs/<run>/checkpoints/best.ckpt)"
+
+
+def check_accelerator(accelerator: Any) -> None:
+    """Fail in the first second when ``trainer.accelerator`` names a device this machine does not have."""
+    import torch
+
+    name = str(accelerator or "auto").lower()
+    available = {
+        "gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if name in available and not available[name]:
+        raise ConfigError(
+            f"trainer.accelerator={name}: this machine has no {'CUDA GPU' if name != 'mps' else 'Apple MPS device'} "
+            "that torch can use; use --trainer.accelerator=cpu (or auto, which takes a GPU when there is one)"
+        )
+
+
 class MammoPathCLI(LightningCLI):
     """LightningCLI with the data → model links stated once and outputs derived from one run name."""
+
+    def init_parser(self, **kwargs: Any):  # type: ignore[no-untyped-def]
+        """Every parser (main and subcommands) refuses abbreviated options: ``--model.backbon`` is not ``backbone``."""
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser):  # type: ignore[no-untyped-def]
         parser.add_argument("--run_name", type=str | None, default=None, help="run name: decides every output folder")
@@ -200,6 +243,15 @@ class MammoPathCLI(LightningCLI):
                 )
             if config.get("weights_only") is None:
                 config["weights_only"] = True
+        ckpt_path = config.get("ckpt_path") if self.subcommand else None
+        local = bool(ckpt_path) and ckpt_path not in CKPT_KEYWORDS and "://" not in str(ckpt_path)
+        if local and not Path(str(ckpt_path)).is_file():  # Lightning would fail only after the data setup
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: file not found; {_checkpoint_hint(config)}")
+        if self.subcommand:
+            check_accelerator(config.trainer.get("accelerator"))
+        if self.subcommand and not config.get("ckpt_path"):  # a checkpoint brings its own encoder weights
+            model = config.get("model") or Namespace()
+            check_pretrained(str(model.get("backbone")), str(model.get("freeze")), model.get("checkpoint_path"))
         if self.subcommand:  # fail in the first second, not after the first epoch
             for folder in output_dirs(config):
                 check_writable(folder, float(config.get("min_free_space_mb") or 0.0))
@@ -222,10 +274,16 @@ class MammoPathCLI(LightningCLI):
     def create(cls, args: Sequence[str] | None = None, *, run: bool = True, epilog: str = "") -> MammoPathCLI:
         """Build (and by default run) the CLI; ``args=None`` reads ``sys.argv``."""
         configure_import_policy()
+        if args is None:  # the command line itself (LightningCLI reads sys.argv)
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        else:
+            args = resolve_config_args(args)
+        check_yaml_files(config_files_of(list(args) if args is not None else sys.argv[1:]))
         return cls(
             MammoPathModule,
             LodoDataModule,
             subclass_mode_data=True,
+            parser_class=OneLineParser,
             args=list(args) if args is not None else None,
             run=run,
             seed_everything_default=0,

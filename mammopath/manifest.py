@@ -249,13 +249,26 @@ def validate_manifest(
         first = int(df.index[df["sample_id"] == df.at[i, "sample_id"]][0]) + 1
         problems.append((int(i) + 1, "sample_id", f"duplicate sample_id (first used in row {first})"))
 
+    if check_files and root_path is not None and not is_url(root_path) and not Path(root_path).is_dir():
+        what = "is not a folder" if Path(root_path).exists() else "does not exist"
+        raise ManifestError(
+            source,
+            [(None, None, f"data root {root_path} {what}: give the folder the manifest's paths are relative to")],
+        )
+    missing_files: list[tuple[int, str]] = []
     for i, value in df["path"].items():
         if value:
             reason = _path_problem(value, root_path)
             if reason:
                 problems.append((int(i) + 1, "path", f"path {reason}"))
             elif check_files and root_path is not None and file_missing(value):
-                problems.append((int(i) + 1, "path", "file not found under the data root"))
+                missing_files.append((int(i) + 1, value))
+    if missing_files:  # one line for many: a wrong root makes every row miss its file
+        first_row, first_path = missing_files[0]
+        shown = location.join(root_path, first_path) if root_path is not None else first_path
+        more = f" and {len(missing_files) - 1} more of {len(df)} rows" if len(missing_files) > 1 else ""
+        hint = "; is the data root right?" if len(missing_files) > 1 else ""
+        problems.append((first_row, "path", f"file not found under the data root: {shown}{more}{hint}"))
     for i, value in df["roi_path"].items():
         if value:
             reason = _path_problem(value, root_path)
@@ -365,3 +378,40 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         negative=("_neg", "sum"),
         unlabelled=("_unl", "sum"),
     ).reset_index()
+
+
+def manifest_warnings(df: pd.DataFrame, root: str | Path | None) -> list[str]:
+    """What is valid but probably not meant: non-DICOM mammograms, whole-slide rows read as one photo.
+
+    Each warning is one line with the first row concerned and how many rows share it.
+    """
+    warnings: list[str] = []
+    local = root is not None and not is_url(as_location(root))
+
+    def first(rows: pd.DataFrame) -> str:
+        return f"row {int(rows.index[0]) + 1} ({rows['path'].iloc[0]})"
+
+    mammo = df[df["modality"] == "mammo"]
+    if len(mammo):
+        from mammopath.datasets.folder import is_dicom
+
+        if local:
+            not_dicom = mammo[[not is_dicom(Path(str(root)) / p) for p in mammo["path"]]]
+        else:
+            not_dicom = mammo[~mammo["path"].str.lower().str.endswith((".dcm", ".dicom"))]
+        if len(not_dicom):
+            warnings.append(
+                f"{len(not_dicom)} mammogram row(s) are not DICOM files, first {first(not_dicom)}: mammograms are "
+                "read as DICOM only (the intensity curve and laterality live in the header); export DICOM"
+            )
+    whole = df[(df["modality"] == "patho") & df["x"].isna()] if "x" in df else df.iloc[:0]
+    if len(whole) and local:
+        from mammopath.datasets.tiling import is_tiled_tiff
+
+        slides = whole[[is_tiled_tiff(Path(str(root)) / p) for p in whole["path"]]]
+        if len(slides):
+            warnings.append(
+                f"{len(slides)} whole-slide row(s) have no x/y, first {first(slides)}: each would be read as one "
+                "photo; make patch rows with `mammopath tile MANIFEST --root ROOT --out PATCHES.csv`"
+            )
+    return warnings

@@ -11,21 +11,24 @@
 - figures: ``roc_<domain>.png`` (every method, first seed), ``gaps.png`` (mean ± sd per method),
   ``reliability.png`` (held-out predictions of every method), ``seeds.png`` (held-out AUROC of every seed);
 - ``report.html``: all of it in one self-contained file (figures embedded), beside the published
-  reference numbers, labelled as published and on which data.
+  reference numbers, labelled as published and on which data; its tables are built from the data frames
+  (``DataFrame.to_html(escape=True)``), so a domain or method name is shown, never interpreted as markup.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mammopath.errors import DataFormatError
-from mammopath.report import atomic_write, roc_curve, to_markdown, write_frame
+from mammopath.report import _fmt, atomic_write, roc_curve, to_markdown, write_frame
 
 #: Published numbers to print beside ours (algorithms.md §8): never our measurements.
 PUBLISHED = pd.DataFrame(
@@ -158,7 +161,7 @@ def _figures(runs: list[RunResult], out: Path, table: pd.DataFrame) -> list[Path
         )
         ax.legend(fontsize=7)
         fig.tight_layout()
-        paths.append(out / f"roc_{domain.replace('/', '_')}.png")
+        paths.append(out / f"roc_{re.sub(r'[^A-Za-z0-9_.-]', '_', str(domain))}.png")  # any domain name: a safe file
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(methods)), 3.6))
@@ -198,29 +201,28 @@ def _figures(runs: list[RunResult], out: Path, table: pd.DataFrame) -> list[Path
     return paths
 
 
-def _html(title: str, sections: list[tuple[str, str]], figures: list[Path]) -> str:
-    def table_html(md: str) -> str:
-        lines = [line for line in md.strip().splitlines() if line.startswith("|")]
-        if len(lines) < 2:
-            return f"<pre>{md}</pre>"
-        head = [c.strip() for c in lines[0].strip("|").split("|")]
-        body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-        cells = "".join(f"<th>{h}</th>" for h in head)
-        rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
-        return f"<table><tr>{cells}</tr>{rows}</table>"
+def _table_html(frame: pd.DataFrame, columns: list[str] | None) -> str:
+    """A frame as an HTML table built from the data (every cell and header escaped), numbers as in the Markdown."""
+    shown = frame[columns] if columns else frame
+    if shown.empty and not len(shown.columns):
+        return "<p>(none)</p>"
+    return shown.map(_fmt).to_html(index=False, escape=True, border=0)
 
-    parts = [f"<h1>{title}</h1>"]
-    for heading, md in sections:
-        parts.append(f"<h2>{heading}</h2>{table_html(md)}")
+
+def _html(title: str, sections: list[tuple[str, pd.DataFrame, list[str] | None]], figures: list[Path]) -> str:
+    """The self-contained report: tables from the frames themselves (escaped), figures embedded."""
+    parts = [f"<h1>{escape(title)}</h1>"]
+    for heading, frame, columns in sections:
+        parts.append(f"<h2>{escape(heading)}</h2>{_table_html(frame, columns)}")
     for path in figures:
         data = base64.b64encode(path.read_bytes()).decode()
-        image = f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
-        parts.append(f"<figure>{image}<figcaption>{path.name}</figcaption></figure>")
+        image = f'<img alt="{escape(path.stem, quote=True)}" src="data:image/png;base64,{data}">'
+        parts.append(f"<figure>{image}<figcaption>{escape(path.name)}</figcaption></figure>")
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:12px}"
         "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
     )
-    head = f"<head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
+    head = f"<head><meta charset='utf-8'><title>{escape(title)}</title><style>{style}</style></head>"
     return f"<!doctype html><html>{head}<body>{''.join(parts)}</body></html>\n"
 
 
@@ -269,9 +271,9 @@ def make_study_report(
     figure_md = "\n".join(f"![{p.stem}]({p.name})" for p in figures)
     atomic_write(out / "report.md", f"{md_table}\n{md_comp}\n{md_pub}\n{figure_md}\n")
     sections = [
-        ("Held-out AUROC per method", md_table),
-        (f"Against {baseline}", md_comp),
-        ("Published (other data)", md_pub),
+        ("Held-out AUROC per method", table, shown),
+        (f"Against {baseline}", comparison, list(comparison.columns) or None),
+        ("Published (other data)", PUBLISHED, list(PUBLISHED.columns)),
     ]
     atomic_write(out / "report.html", _html("mammopath study report", sections, figures))
     return table

@@ -3,8 +3,8 @@
 A grid file::
 
     name: dg_synth                      # runs/<name>/..., results/<name>/...
-    configs: [experiments/synth.yaml]   # applied first to every run
-    methods: {erm: [experiments/baselines/erm.yaml], irm: [experiments/baselines/irm.yaml]}
+    configs: [../synth.yaml]            # applied first to every run; paths relative to this grid file
+    methods: {erm: [../baselines/erm.yaml], irm: [../baselines/irm.yaml]}
     folds: {designed: []}               # fold configs per fold name (empty: the configs' own holdout)
     seeds: [0, 1, 2]
     args: ["--trainer.max_epochs=6"]    # extra command-line arguments of every run
@@ -64,7 +64,9 @@ class Grid:
 
     @classmethod
     def load(cls, path: str | Path) -> Grid:
-        path = Path(path)
+        from mammopath.resources import resolve_config
+
+        path = resolve_config(path)  # a shipped grid (experiments/sweeps/...) from any folder
         try:
             raw = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
@@ -74,11 +76,21 @@ class Grid:
         missing = [k for k in ("name", "methods", "folds", "seeds") if k not in raw]
         if missing:
             raise ConfigError(f"{path}: the sweep grid lacks {missing}")
+
+        def here(config: Any) -> str:  # relative to the grid file, so a sweep runs from any folder
+            given = Path(str(config))
+            if given.is_absolute():
+                return str(given)
+            beside = path.parent / given
+            if beside.is_file() or not given.is_file():
+                return str(beside)
+            return str(given)  # a grid written relative to the working folder (before grid-relative paths)
+
         grid = cls(
             name=str(raw["name"]),
-            configs=[str(c) for c in raw.get("configs", [])],
-            methods={str(k): [str(c) for c in (v or [])] for k, v in raw["methods"].items()},
-            folds={str(k): [str(c) for c in (v or [])] for k, v in raw["folds"].items()},
+            configs=[here(c) for c in raw.get("configs", [])],
+            methods={str(k): [here(c) for c in (v or [])] for k, v in raw["methods"].items()},
+            folds={str(k): [here(c) for c in (v or [])] for k, v in raw["folds"].items()},
             seeds=[int(s) for s in raw["seeds"]],
             args=[str(a) for a in raw.get("args", [])],
             baseline=str(raw.get("baseline", "erm")),
@@ -91,7 +103,7 @@ class Grid:
             grid.configs + [c for v in grid.methods.values() for c in v] + [c for v in grid.folds.values() for c in v]
         ):
             if not Path(config).is_file():
-                raise ConfigError(f"{path}: config {config} not found")
+                raise ConfigError(f"{path}: config {config} not found (config paths are relative to the grid file)")
         return grid
 
 

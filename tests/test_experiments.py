@@ -63,7 +63,7 @@ def test_a_callback_added_to_base_reaches_every_fold_and_method(
     early_stop = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/auroc"}}
     method.write_text(yaml.safe_dump({"method": "early_stop", "trainer": {"callbacks+": [early_stop]}}))
     erm = REPO / "experiments" / "baselines" / "erm.yaml"
-    expected = ["ModelCheckpoint", "RichProgressBar", "ResultsWriter", "LearningRateMonitor"]
+    expected = ["ModelCheckpoint", "RichProgressBar", "ResultsWriter", "PredictionWriter", "LearningRateMonitor"]
     for fold in FOLDS:
         plain = resolved(capsys, new_base, PUBLIC, fold)
         assert callback_names(plain) == expected, fold.name
@@ -87,6 +87,7 @@ def test_run_name_decides_every_output_folder(tmp_path: Path) -> None:
     callbacks = [
         Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint", init_args=Namespace(dirpath=None)),
         Namespace(class_path="mammopath.callbacks.results.ResultsWriter", init_args=Namespace(out_dir="x", title=None)),
+        Namespace(class_path="mammopath.callbacks.predictions.PredictionWriter", init_args=Namespace(out_dir=None)),
     ]
     config = Namespace(
         run_name="lodo_inbreast",
@@ -102,6 +103,8 @@ def test_run_name_decides_every_output_folder(tmp_path: Path) -> None:
     assert config.trainer.logger.init_args.version == "test"  # fit and test: sibling TensorBoard runs
     assert callbacks[0].init_args.dirpath == str(run / "checkpoints")
     assert callbacks[1].init_args.out_dir == str(tmp_path / "results" / "lodo_inbreast" / "irm")
+    # predict writes beside the test results of the same run, never over them
+    assert callbacks[2].init_args.out_dir == str(tmp_path / "results" / "lodo_inbreast" / "irm" / "predict")
     off = Namespace(run_name="r", trainer=Namespace(logger=False, callbacks=[], default_root_dir=None))
     apply_run_layout(off, "fit")
     assert off.trainer.logger is False  # a logger switched off stays off

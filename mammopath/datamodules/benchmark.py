@@ -209,9 +209,14 @@ class SlideBenchmarkDataModule(BenchmarkDataModule):
         slides = self.slide_rows(manifest)
         if not slides.any():
             return manifest, []
-        result = tile_manifest(
-            manifest[slides], self.release_root, size=self.patch_size, mpp=self.mpp, min_tissue=self.min_tissue
-        )
+        try:
+            result = tile_manifest(
+                manifest[slides], self.release_root, size=self.patch_size, mpp=self.mpp, min_tissue=self.min_tissue
+            )
+        except ConfigError as exc:  # name the datamodule's own keys
+            raise ConfigError(
+                f"{self.benchmark} release {self.release_root}: {exc} (data.init_args.patch_size / mpp / min_tissue)"
+            ) from exc
         notes = []
         if len(result.dropped):
             notes.append(f"{len(result.dropped)} slide(s) gave no patch: {', '.join(result.dropped['item'][:5])}")

@@ -311,19 +311,24 @@ class LodoDataModule(L.LightningDataModule):
         )
 
     def frame(self, stage: str, modality: str) -> pd.DataFrame:
-        """Rows of one stage (``train``/``val``/``test``) and modality, with a ``role`` column."""
+        """Rows of one stage (``train``/``val``/``test``/``predict``) and modality, with a ``role`` column.
+
+        The predict set is the rows with an empty ``split`` (new cases) when the manifest has any; otherwise it
+        is the test set (source test split + held-out domains).
+        """
         df = self.manifest[self.manifest["modality"] == modality]
         held = df["domain"].isin(self.holdout_domains)
+        if stage == "predict" and (self.manifest["split"] == "").any():
+            unsplit = df[df["split"] == ""]
+            role = unsplit["domain"].isin(self.holdout_domains).map({True: "heldout", False: "source"})
+            return unsplit.assign(role=role).sort_values("domain", kind="stable", ignore_index=True)
         if stage == "train":
             return df[(df["split"] == stage) & ~held].assign(role="source")
         if stage == "val":
             rows = df[(df["split"] == stage) & ~held].assign(role="source")
             return rows.sort_values("domain", kind="stable", ignore_index=True)
         source = df[(df["split"] == "test") & ~held].assign(role="source")
-        parts = [source, df[held].assign(role="heldout")]
-        if stage == "predict":  # new data without a split (and usually without labels) is predicted too
-            parts.append(df[(df["split"] == "") & ~held].assign(role="source"))
-        rows = pd.concat(parts, ignore_index=True)
+        rows = pd.concat([source, df[held].assign(role="heldout")], ignore_index=True)
         return rows.sort_values("domain", kind="stable", ignore_index=True)  # evaluation batches: one domain each
 
     def run_preflight(self) -> None:
@@ -352,6 +357,8 @@ class LodoDataModule(L.LightningDataModule):
             self.datasets[split] = {}
             for modality in self.modalities:
                 rows = self.frame(split, modality)
+                if rows.empty and split == "predict" and (self.manifest["split"] == "").any():
+                    continue  # new cases of one modality only
                 if rows.empty:
                     names = " + ".join(src.name for src in self.sources())
                     raise ConfigError(
@@ -455,7 +462,11 @@ class LodoDataModule(L.LightningDataModule):
         return [self._loader(self.datasets["test"][m], train=False) for m in self.modalities]
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.datasets["predict"][m], train=False) for m in self.modalities]
+        return [
+            self._loader(self.datasets["predict"][m], train=False)
+            for m in self.modalities
+            if m in self.datasets["predict"]
+        ]
 
     def roles(self, split: str, modality: str) -> dict[str, str]:
         """sample_id → role (``source``/``heldout``) of one evaluation loader."""

@@ -19,6 +19,7 @@ BUILDERS: dict[str, str] = {
     "bach": "mammopath.datasets.bach",
     "camelyon16": "mammopath.datasets.camelyon16",
     "camelyon17": "mammopath.datasets.camelyon17",
+    "folder": "mammopath.datasets.folder",  # your own folder of DICOMs / slides (needs --domain)
 }
 
 

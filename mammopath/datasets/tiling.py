@@ -22,7 +22,7 @@ import pandas as pd
 import tifffile
 
 from mammopath.datasets import PrepareResult
-from mammopath.errors import MammopathError
+from mammopath.errors import ConfigError, MammopathError
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,11 @@ def tile_slide(
     annotated = any(p.positive for p in polygons)
     tumour = rasterize(polygons, tissue.shape, downsample=ds) if annotated else None
     width, height = slide.dimensions
+    if extent > min(width, height):
+        return [], (
+            f"the slide ({width}x{height} px at {level0_mpp:g} µm/px) is smaller than one patch "
+            f"({size} px at {mpp:g} µm/px = {extent} level-0 px)"
+        )
     sid = row["sample_id"]
     patches: list[dict[str, Any]] = []
     for y in range(0, height - extent + 1, extent):
@@ -190,5 +195,17 @@ def tile_manifest(
         rows += patches
         if progress:
             progress()
+    if not records:
+        raise ConfigError(
+            f"nothing to tile: none of the {len(slides_df)} row(s) is a whole-slide row (a pathology row without x/y "
+            "whose file is a tiled TIFF)"
+        )
+    if not rows:  # every slide dropped: say why, with the parameters that emptied it
+        first = dropped[0]
+        raise ConfigError(
+            f"tiling kept no patch from {len(records)} slide(s) with size={size}, mpp={mpp:g}, "
+            f"min_tissue={min_tissue:g} (first, {first['item']}: {first['reason']}); use a smaller size or "
+            "min_tissue, or a finer mpp"
+        )
     manifest = pd.DataFrame(rows)
     return PrepareResult(manifest=manifest, dropped=pd.DataFrame(dropped, columns=["item", "reason"]), notes=notes)

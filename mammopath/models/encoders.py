@@ -34,6 +34,41 @@ FREEZE_POLICIES = ("adapters", "last_k", "full")
 GRAYSCALE_MODES = ("sum", "replicate")
 
 
+def unknown_backbone(name: str) -> str:
+    """The error for a ``model.backbone`` that is neither a preset nor a timm model: the presets, the nearest name."""
+    import difflib
+
+    from mammopath.models.presets import ENCODER_PRESETS
+
+    vits = [m for m in timm.list_models() if m.startswith(("vit_", "deit", "eva", "beit"))]
+    close = difflib.get_close_matches(name, [*ENCODER_PRESETS, *vits], n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return (
+        f"model.backbone '{name}' is neither an encoder preset nor a timm model: {hint}"
+        f"presets: {', '.join(ENCODER_PRESETS)} (`mammopath encoders`), or a timm ViT (timm.list_models('vit_*'))"
+    )
+
+
+def check_pretrained(backbone: str, freeze: str, checkpoint_path: str | None) -> None:
+    """Refuse a frozen (or partly frozen) encoder that has no pretrained weights to keep frozen.
+
+    With ``freeze`` other than ``full`` only the adapters (and perhaps the last blocks) train; without
+    ``checkpoint_path`` the rest is a random network, and the run would quietly learn from random features.
+
+    Raises:
+        ConfigError: naming ``model.freeze`` / ``model.checkpoint_path`` and the two ways out.
+    """
+    if freeze == "full" or checkpoint_path:
+        return
+    preset = get_preset(backbone)
+    encoder = f"--config experiments/encoders/{backbone}.yaml" if preset is not None else "an encoder preset"
+    raise ConfigError(
+        f"model.freeze={freeze} keeps '{backbone}' frozen but model.checkpoint_path is not set, so it would stay "
+        f"randomly initialised: give its weights ({encoder} or --model.checkpoint_path=FILE; `mammopath encoders` "
+        "lists the presets and where each file goes) or train the whole encoder with --model.freeze=full"
+    )
+
+
 class ChannelSumConv2d(nn.Conv2d):
     """A patch-embedding convolution that also takes 1-channel input, convolved with the kernel summed over channels.
 
@@ -138,6 +173,8 @@ class ViTEncoder(nn.Module):
         if clash:
             raise ConfigError(f"model_kwargs must not set {clash}; use the ViTEncoder arguments instead")
         preset = get_preset(name)
+        if preset is None and not timm.is_model(name):
+            raise ConfigError(unknown_backbone(name))
         timm_name = preset.timm_name if preset is not None else name
         kwargs = {**(preset.model_kwargs if preset is not None else {}), **user_kwargs}
         if dynamic_img_size is None:

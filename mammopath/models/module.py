@@ -49,7 +49,7 @@ from mammopath.losses.contrastive import (
 )
 from mammopath.losses.objective import Weight
 from mammopath.metrics.evaluation import Evaluation
-from mammopath.models.encoders import ViTEncoder
+from mammopath.models.encoders import ViTEncoder, check_pretrained
 from mammopath.models.heads import ClassificationHead, GradingHead, LocalizationHead
 from mammopath.models.outputs import eval_step_output, predict_step_output
 from mammopath.models.style_bank import TokenStyleBank
@@ -557,6 +557,7 @@ class MammoPathModule(L.LightningModule):
         if report is not None:
             log.info("pretrained weights: %s", report.summary())
         else:
+            check_pretrained(self.encoder.name, self.encoder.freeze, None)
             log.warning("%s starts from random initialization (no model.checkpoint_path)", self.encoder.name)
         if self.trainer.is_global_zero:
             weights = Table(title="Pretrained weights", show_header=False)

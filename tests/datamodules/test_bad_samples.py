@@ -88,6 +88,24 @@ def test_raise_policy_names_the_file(
         _no_canary(str(error.value), repr(error.value), *map(str, error.value.args))
 
 
+def test_raise_policy_in_dataloader_workers_is_one_line_and_exit_2(
+    broken_data: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The same error raised inside DataLoader workers (num_workers: 2) reaches the user unwrapped, as one line."""
+    import subprocess
+    import sys
+
+    data, bad = broken_data
+    args = tiny_fit_args(data, tmp_path, "--data.num_workers=2")
+    out = subprocess.run([sys.executable, "-m", "mammopath", *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and [line for line in lines if line.startswith("error:")] == lines[-1:]
+    assert bad in lines[-1] and "pixel data cannot be decoded" in lines[-1]
+    assert "Traceback" not in out.stdout + out.stderr and "DataLoader worker" not in out.stdout + out.stderr
+    _no_canary(out.stdout, out.stderr)
+
+
 def test_a_skipped_sample_is_replaced_by_one_of_its_own_domain(broken_data: tuple[Path, str]) -> None:
     data, bad = broken_data
     manifest = load_manifest(data / "manifest.csv", data)

@@ -231,3 +231,24 @@ def test_patch_coordinates_are_cached_so_later_epochs_and_runs_detect_no_tissue(
     assert second.manifest_file == first.manifest_file
     patches = pd.read_csv(second.manifest_file)
     assert patches["x"].notna().all() and (patches["size"] == 32).all()
+
+
+def test_camelyon17_trains_from_the_synth_release_with_the_tiling_its_config_states(
+    synth_releases: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = synth_releases / "CAMELYON17"
+    shipped = REPO / "experiments/benchmarks/camelyon17_synth.yaml"
+    cache = f"--data.init_args.cache_dir={tmp_path / 'cache'}"
+    base = ["--config", str(REPO / "tests/conf/tiny.yaml")]
+    outputs = [f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}"]
+    assert main(["fit", *base, "--config", str(shipped), f"--data.init_args.root={root}", cache, *outputs,
+                 "--trainer.fast_dev_run=1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    # the real release's defaults (224 px at 0.5 µm/px) on these 256-px slides: one line saying what emptied it
+    default = REPO / "experiments/benchmarks/camelyon17.yaml"
+    args = ["fit", *base, "--config", str(default), f"--data.init_args.root={root}", cache, *outputs]
+    assert main([*args, "--data.init_args.image_size=32", "--trainer.fast_dev_run=1"]) == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: camelyon17 release") and sum(line.startswith("error:") for line in lines) == 1
+    assert "tiling kept no patch from 50 slide(s) with size=224, mpp=0.5, min_tissue=0.5" in lines[-1]
+    assert "smaller than one patch" in lines[-1] and "data.init_args.patch_size" in lines[-1]

@@ -313,7 +313,7 @@ def test_bad_construction_arguments():
         _encoder(grayscale="mean")
     with pytest.raises(ConfigError, match="model_kwargs must not set"):
         _encoder(model_kwargs={"num_classes": 3})
-    with pytest.raises(ConfigError, match="cannot build timm model 'not_a_model'"):
+    with pytest.raises(ConfigError, match="model.backbone 'not_a_model' is neither an encoder preset nor a timm model"):
         _encoder(name="not_a_model")
 
 
