@@ -1,10 +1,10 @@
 """`make mutation`'s summary: mutmut's verdicts per critical module, as a table and as files.
 
-Reads the ``mutants/**/*.py.meta`` files ``mutmut run`` leaves (one exit code per mutant) and prints, per mutated
-module: mutants, killed, survived, timeout, no tests (no selected test calls the mutated function), other
-(suspicious, segfault, not checked) and the score. Writes ``results/mutation/summary.md`` and ``summary.csv``, and
-``survivors.md`` with the diff of every surviving mutant (what ``mutmut show <name>`` prints), the list that
-docs/mutation.md sorts into killed-by-a-new-test and equivalent.
+Reads the ``mutants/<module>.meta`` files ``mutmut run`` leaves (one exit code per mutant) for the modules of
+``[tool.mutmut] only_mutate`` and prints, per module: mutants, killed, survived, timeout, no tests (no selected test
+calls the mutated function), not run (an interrupted run), other (suspicious, segfault) and the score. Writes
+``results/mutation/summary.md`` and ``summary.csv``, and ``survivors.md`` with the diff of every surviving mutant
+(what ``mutmut show <name>`` prints), the list that docs/mutation.md sorts into killed-by-a-new-test and equivalent.
 
 Score = (killed + timeout) / (killed + timeout + survived): the share of the mutants the selected tests ran on that
 they caught. ``no tests`` is reported beside it, not hidden in it (mutmut's own score counts it as not caught;
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -29,19 +30,26 @@ from mammopath.report import to_markdown
 
 #: mutmut 3's exit-code → verdict map (``mutmut.stats.status_by_exit_code``), folded into the columns below
 _STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
-           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "killed"}  # fmt: skip
-COLUMNS = ["module", "mutants", "killed", "survived", "timeout", "no tests", "other", "score", "score_all"]
+           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "killed", None: "not run"}  # fmt: skip
+COLUMNS = ["module", "mutants", "killed", "survived", "timeout", "no tests", "not run", "other", "score", "score_all"]
 
 
-def verdicts(mutants_dir: Path) -> dict[str, dict[str, str]]:
-    """``{module path: {mutant name: verdict}}`` from mutmut's meta files under ``mutants_dir``."""
+def critical_modules(pyproject: Path = Path("pyproject.toml")) -> list[str]:
+    """The files ``[tool.mutmut] only_mutate`` lists (docs/architecture.md, "Critical modules")."""
+    return list(tomllib.loads(pyproject.read_text())["tool"]["mutmut"]["only_mutate"])
+
+
+def verdicts(mutants_dir: Path, modules: list[str]) -> dict[str, dict[str, str]]:
+    """``{module path: {mutant name: verdict}}`` from mutmut's meta files under ``mutants_dir``.
+
+    Only ``modules`` count: a meta file left by an earlier configuration is not part of this one's score.
+    """
     out: dict[str, dict[str, str]] = {}
-    for meta in sorted(mutants_dir.rglob("*.py.meta")):
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
-        if not codes:
-            continue
-        module = meta.relative_to(mutants_dir).as_posix().removesuffix(".meta")
-        out[module] = {name: _STATUS.get(code, "other") for name, code in codes.items()}
+    for module in modules:
+        meta = mutants_dir / f"{module}.meta"
+        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        if codes:
+            out[module] = {name: _STATUS.get(code, "other") for name, code in codes.items()}
     return out
 
 
@@ -55,7 +63,7 @@ def summary(by_module: dict[str, dict[str, str]]) -> pd.DataFrame:
         caught = counts["killed"] + counts["timeout"]
         ran = caught + counts["survived"]
         n = sum(counts.values())
-        other = n - ran - counts["no tests"]
+        other = n - ran - counts["no tests"] - counts["not run"]
         tested = n - counts["skipped"]
         rows.append(
             {
@@ -65,6 +73,7 @@ def summary(by_module: dict[str, dict[str, str]]) -> pd.DataFrame:
                 "survived": counts["survived"],
                 "timeout": counts["timeout"],
                 "no tests": counts["no tests"],
+                "not run": counts["not run"],
                 "other": other,
                 "score": round(100 * caught / ran, 1) if ran else float("nan"),
                 "score_all": round(100 * caught / tested, 1) if tested else float("nan"),
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutants", type=Path, default=Path("mutants"), help="mutmut's working folder")
     parser.add_argument("--out", type=Path, default=Path("results/mutation"))
     args = parser.parse_args(argv)
-    by_module = verdicts(args.mutants)
+    by_module = verdicts(args.mutants, critical_modules())
     if not by_module:
         Console(stderr=True).print(f"no mutmut results under {args.mutants}/: run `make mutation` first")
         return 1
@@ -106,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "survivors.md").write_text(survivor_diffs(survivors))
     table = Table(title="mutation testing of the critical modules (make mutation)")
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column == "module" else "right")
+        table.add_column(column, justify="left" if column == "module" else "right", no_wrap=True)
     for row in frame.itertuples(index=False):
         table.add_row(*[str(v) for v in row], style="bold" if row[0] == "total" else None)
-    console = Console()
+    console = Console(width=max(Console().width, 140))
     console.print(table)
     console.print(f"{len(survivors)} survivors: {args.out / 'survivors.md'}; table: {args.out / 'summary.md'}")
     return 0

@@ -1,0 +1,65 @@
+"""IRM and MixStyle behaviours that `make mutation` found unpinned (docs/mutation.md)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mammopath.callbacks.irm import IRM
+from mammopath.dg.mixstyle import restyle
+
+
+def _optimizer_with_state() -> tuple[torch.optim.Optimizer, torch.nn.Parameter]:
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([weight], lr=0.1)
+    (weight**2).sum().backward()
+    optimizer.step()
+    return optimizer, weight
+
+
+def test_an_anneal_of_one_step_resets_the_optimizer_at_step_one() -> None:
+    optimizer, _ = _optimizer_with_state()
+    irm = IRM(anneal_steps=1)
+    irm.on_train_batch_start(SimpleNamespace(global_step=0, optimizers=[optimizer]), None, None, 0)  # type: ignore[arg-type]
+    assert optimizer.state  # step 0: still at weight 1.0
+    irm.on_train_batch_start(SimpleNamespace(global_step=1, optimizers=[optimizer]), None, None, 1)  # type: ignore[arg-type]
+    assert not optimizer.state
+
+
+def test_without_an_anneal_the_optimizer_state_is_never_reset_not_even_on_resume() -> None:
+    """anneal_steps=0: λ from the start, nothing to reset; a run resumed at step 7 keeps its Adam moments."""
+    optimizer, _ = _optimizer_with_state()
+    irm = IRM(anneal_steps=0)
+    for step in (7, 8):
+        irm.on_train_batch_start(SimpleNamespace(global_step=step, optimizers=[optimizer]), None, None, step)  # type: ignore[arg-type]
+        assert optimizer.state
+    assert irm.weight(0) == irm.penalty_weight
+
+
+@pytest.mark.parametrize("prefix", [0, 1, 2])
+def test_restyle_gives_the_patch_tokens_the_new_statistics_and_keeps_the_prefix(prefix: int) -> None:
+    g = torch.Generator().manual_seed(prefix)
+    tokens = torch.randn(2, prefix + 6, 4, generator=g) * 3 + 1
+    mu, sigma = torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([1.0, 0.5, 2.0, 3.0])
+    out = restyle(tokens, mu, sigma, num_prefix_tokens=prefix, eps=0.0)
+    assert torch.equal(out[:, :prefix], tokens[:, :prefix])
+    patches = out[:, prefix:]
+    # written out: per image and channel, over the patch tokens (unbiased variance)
+    for b in range(2):
+        for c in range(4):
+            x = tokens[b, prefix:, c].double()
+            m, s = x.mean(), ((x - x.mean()) ** 2).sum().div(len(x) - 1).sqrt()
+            want = sigma[c].double() * (x - m) / s + mu[c].double()
+            assert torch.allclose(patches[b, :, c].double(), want, atol=1e-5)
+    # a per-image style [B, 1, C] applies to its own image only
+    per_image = restyle(tokens, torch.stack([mu, -mu])[:, None], torch.stack([sigma, sigma])[:, None], prefix, 0.0)
+    assert torch.allclose(per_image[0], out[0], atol=1e-6)
+    assert torch.allclose(per_image[1, prefix:].mean(dim=0), -mu, atol=1e-5)
+
+
+def test_restyle_keeps_the_token_dtype() -> None:
+    tokens = torch.randn(1, 5, 3).half()
+    out = restyle(tokens, torch.zeros(3), torch.ones(3))
+    assert out.dtype == torch.float16 and out.shape == tokens.shape
