@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
-from mammopath.losses import intra_modal_contrastive_loss, scale_grad
+from mammopath.losses import (
+    CrossModalContrastiveLoss,
+    cross_modal_contrastive_loss,
+    intra_modal_contrastive_loss,
+    positive_matrix,
+    scale_grad,
+)
+from mammopath.losses.distributed import Gather
 
 
 def test_scale_zero_detaches_so_no_backward_reaches_the_encoder() -> None:
@@ -34,3 +43,79 @@ def test_intra_modal_positives_given_as_numbers_are_read_as_booleans(dtype: torc
     positives = torch.tensor([[0, 1, 0, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 1, 0], [0, 0, 1, 0, 0], [1, 0, 0, 0, 0]])
     want = intra_modal_contrastive_loss(z, positives.bool(), 2.0)
     assert intra_modal_contrastive_loss(z, positives.to(dtype), 2.0).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.fixture
+def one_process_group() -> Iterator[None]:
+    """A real (gloo) process group of one rank, in this process: the distributed code paths run, on one CPU."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _step() -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(0)
+    z = {"mammo": torch.randn(4, 3, generator=g), "patho": torch.randn(3, 3, generator=g)}
+    keys = {
+        "mammo": {"patient": torch.tensor([0, 1, 5, 6]), "cls": torch.tensor([1, 0, 1, 0]),
+                  "paired": torch.tensor([True, True, False, False])},
+        "patho": {"patient": torch.tensor([0, 1, 7]), "cls": torch.tensor([1, 0, 1]),
+                  "paired": torch.tensor([True, True, False])},
+    }  # fmt: skip
+    return z, keys
+
+
+def _loss_and_grads(gather: Gather | None = None) -> tuple[float, dict[str, torch.Tensor]]:
+    z, keys = _step()
+    leaves = {m: v.clone().requires_grad_(True) for m, v in z.items()}
+    loss = CrossModalContrastiveLoss()(leaves, keys, torch.tensor(2.0), gather=gather)
+    loss.backward()
+    return loss.item(), {m: v.grad for m, v in leaves.items()}  # type: ignore[misc]
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_gathered_embeddings_keep_their_gradient_under_a_process_group() -> None:
+    """Two paths must agree: one rank of a real process group gives the single-process loss and gradients."""
+    import torch.distributed as dist
+
+    calls: list[tuple[int, ...]] = []
+
+    def gather(t: torch.Tensor) -> torch.Tensor:  # the strategy's differentiable all-gather, recorded
+        calls.append(tuple(t.shape))
+        return torch.stack([t])
+
+    assert dist.is_initialized()
+    loss, grads = _loss_and_grads(gather)
+    dist.destroy_process_group()
+    try:
+        plain_loss, plain_grads = _loss_and_grads()
+    finally:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    for m in ("mammo", "patho"):
+        assert grads[m] is not None and torch.count_nonzero(grads[m]) > 0
+        assert torch.allclose(grads[m], plain_grads[m], atol=1e-6)
+    # the given gather carried the embeddings and every key (patient, cls, paired) of both modalities
+    assert sorted(calls) == sorted([(4, 3), (3, 3), (4,), (4,), (4,), (3,), (3,), (3,)])
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.0, 3.0])
+def test_a_pairing_kind_present_in_one_modality_only_adds_no_term(weight: float) -> None:
+    """Paired mammograms whose pathology is not in this step have nothing to contrast with: the loss is the
+    label-level term of the unpaired rows alone, not its weighted mean with an empty patient-level term."""
+    z, keys = _step()
+    # pathology: only unpaired rows (patients 7 and 8, classes 1 and 0); mammography keeps its paired rows
+    z["patho"] = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    keys["patho"] = {"patient": torch.tensor([7, 8]), "cls": torch.tensor([1, 0]), "paired": torch.tensor([False] * 2)}
+    loss = CrossModalContrastiveLoss(label_level_weight=weight)(z, keys, torch.tensor(2.0))
+    unpaired = ~keys["mammo"]["paired"]
+    km = {k: v[unpaired] for k, v in keys["mammo"].items()}
+    kp = keys["patho"]
+    positives = positive_matrix(km["patient"], km["cls"], km["paired"], kp["patient"], kp["cls"], kp["paired"])
+    assert positives.any()
+    want = cross_modal_contrastive_loss(z["mammo"][unpaired], z["patho"], positives, 2.0)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6) and want.item() > 0
