@@ -155,3 +155,13 @@ def test_the_default_fraction_is_five_percent(tmp_path: Path) -> None:
     skipped.record(_batch(*[[_report(f"s{i}")] for i in range(5)]), trainer, {"train": 100})  # 5 %: not above
     with pytest.raises(DataFormatError):
         skipped.record(_batch([_report("s5")]), trainer, {"train": 100})
+
+
+def test_a_trainer_without_ranks_writes_the_main_file(tmp_path: Path) -> None:
+    """A trainer-like object without ``global_rank`` (a loop driven by hand) is rank 0."""
+    trainer = _trainer(tmp_path)
+    del trainer.global_rank
+    skipped = SkippedSamples(max_bad_fraction=1.0)
+    assert skipped.path(trainer) == tmp_path / "skipped.csv"
+    trainer.global_rank = None  # Lightning before the strategy is set up
+    assert skipped.path(trainer) == tmp_path / "skipped.csv"

@@ -63,3 +63,18 @@ def test_restyle_keeps_the_token_dtype() -> None:
     tokens = torch.randn(1, 5, 3).half()
     out = restyle(tokens, torch.zeros(3), torch.ones(3))
     assert out.dtype == torch.float16 and out.shape == tokens.shape
+
+
+def test_random_partners_draw_from_the_given_generator_only() -> None:
+    from mammopath.dg.mixstyle import crossdomain_partners, random_partners
+
+    state = torch.get_rng_state()
+    first = random_partners(16, torch.Generator().manual_seed(3))
+    again = random_partners(16, torch.Generator().manual_seed(3))
+    other = random_partners(16, torch.Generator().manual_seed(4))
+    domains = ["a", "b", "c"] * 5
+    cross = crossdomain_partners(domains, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), state)  # torch's global generator untouched
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert sorted(first.tolist()) == list(range(16))  # a permutation
+    assert cross is not None and torch.equal(cross, crossdomain_partners(domains, torch.Generator().manual_seed(3)))
