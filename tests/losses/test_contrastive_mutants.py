@@ -119,3 +119,20 @@ def test_a_pairing_kind_present_in_one_modality_only_adds_no_term(weight: float)
     assert positives.any()
     want = cross_modal_contrastive_loss(z["mammo"][unpaired], z["patho"], positives, 2.0)
     assert loss.item() == pytest.approx(want.item(), rel=1e-6) and want.item() > 0
+
+
+def test_a_step_where_nothing_can_be_positive_is_a_zero_that_keeps_the_graph() -> None:
+    """Mammography only of paired patients, pathology only of unpaired ones: no pair of either kind exists."""
+    z, keys = _step()
+    paired = keys["mammo"]["paired"]
+    z["mammo"] = z["mammo"][paired].clone().requires_grad_(True)
+    keys["mammo"] = {k: v[paired] for k, v in keys["mammo"].items()}
+    unpaired = ~keys["patho"]["paired"]
+    z["patho"] = z["patho"][unpaired].clone().requires_grad_(True)
+    keys["patho"] = {k: v[unpaired] for k, v in keys["patho"].items()}
+    scale = torch.tensor(2.0, requires_grad=True)
+    loss = CrossModalContrastiveLoss()(z, keys, scale)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    for leaf in (z["mammo"], z["patho"], scale):
+        assert leaf.grad is not None and torch.count_nonzero(leaf.grad) == 0
