@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -136,3 +137,40 @@ def test_a_step_where_nothing_can_be_positive_is_a_zero_that_keeps_the_graph() -
     loss.backward()
     for leaf in (z["mammo"], z["patho"], scale):
         assert leaf.grad is not None and torch.count_nonzero(leaf.grad) == 0
+
+
+def _naive_supcon(z: torch.Tensor, keys: dict[str, torch.Tensor], scale: float) -> float:
+    """SupCon within one modality, written out: positives by the pairing rule, self excluded."""
+    rows = torch.nn.functional.normalize(z.double(), dim=1).tolist()
+    patient, cls, paired = keys["patient"].tolist(), keys["cls"].tolist(), keys["paired"].tolist()
+    terms = []
+    for i, a in enumerate(rows):
+        sims = {j: scale * sum(x * y for x, y in zip(a, b, strict=True)) for j, b in enumerate(rows) if j != i}
+        positives = [
+            j
+            for j in sims
+            if (paired[i] and paired[j] and patient[i] == patient[j])
+            or (not paired[i] and not paired[j] and cls[i] == cls[j] and cls[i] >= 0)
+        ]
+        if positives:
+            log_norm = math.log(sum(math.exp(s) for s in sims.values()))
+            terms.append(-sum(sims[j] - log_norm for j in positives) / len(positives))
+    return sum(terms) / len(terms) if terms else 0.0
+
+
+@pytest.mark.parametrize("weight", [0.5, 2.0])
+def test_the_intra_modal_term_adds_half_the_weighted_supcon_of_each_modality(weight: float) -> None:
+    z, keys = _step()
+    # every modality gets positives of its own: a second row of paired patient 0, a second class-1 unpaired row
+    z["mammo"] = torch.cat([z["mammo"], torch.randn(2, 3, generator=torch.Generator().manual_seed(2))])
+    keys["mammo"] = {
+        "patient": torch.tensor([0, 1, 5, 6, 0, 9]), "cls": torch.tensor([1, 0, 1, 0, 1, 1]),
+        "paired": torch.tensor([True, True, False, False, True, False]),
+    }  # fmt: skip
+    z["patho"] = torch.cat([z["patho"], torch.randn(1, 3, generator=torch.Generator().manual_seed(3))])
+    keys["patho"] = {k: torch.cat([v, v[:1]]) for k, v in keys["patho"].items()}  # patient 0 twice
+    plain = CrossModalContrastiveLoss()(z, keys, torch.tensor(2.0)).item()
+    both = CrossModalContrastiveLoss(intra_modal=weight)(z, keys, torch.tensor(2.0)).item()
+    intra = {m: _naive_supcon(z[m], keys[m], 2.0) for m in ("mammo", "patho")}
+    assert intra["mammo"] > 0 and intra["patho"] > 0
+    assert both == pytest.approx(plain + weight * 0.5 * (intra["mammo"] + intra["patho"]), rel=1e-5)
