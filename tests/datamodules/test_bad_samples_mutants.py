@@ -165,3 +165,18 @@ def test_a_trainer_without_ranks_writes_the_main_file(tmp_path: Path) -> None:
     assert skipped.path(trainer) == tmp_path / "skipped.csv"
     trainer.global_rank = None  # Lightning before the strategy is set up
     assert skipped.path(trainer) == tmp_path / "skipped.csv"
+
+
+def test_batches_without_reports_pass_untouched(tmp_path: Path) -> None:
+    """``on_bad_sample: raise`` batches carry no ``skipped`` field; a training batch may have it in one modality."""
+    import torch
+
+    skipped = SkippedSamples(max_bad_fraction=1.0)
+    plain = {"image": torch.zeros(2, 1, 4, 4), "label": torch.tensor([0, 1]), "meta": {"a": 1}, "modality": "mammo"}
+    assert skipped.record(plain, _trainer(tmp_path), {"train": 10}) is plain and set(plain) == {
+        "image", "label", "meta", "modality"
+    }  # fmt: skip
+    both = {"mammo": {"label": torch.tensor([0])}, "patho": _batch([_report("p", modality="patho")])}
+    assert skipped.record(both, _trainer(tmp_path), {"train": 10}) is both
+    assert both["mammo"] == {"label": torch.tensor([0])} and "skipped" not in both["patho"]
+    assert [r["sample_id"] for r in skipped.rows] == ["p"]
