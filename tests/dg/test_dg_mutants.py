@@ -78,3 +78,20 @@ def test_random_partners_draw_from_the_given_generator_only() -> None:
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert sorted(first.tolist()) == list(range(16))  # a permutation
     assert cross is not None and torch.equal(cross, crossdomain_partners(domains, torch.Generator().manual_seed(3)))
+
+
+def test_the_epoch_logs_the_skipped_and_single_environment_counts() -> None:
+    irm = IRM(min_samples=2)
+    logits = torch.tensor([0.5, -0.2, 0.1, 0.3, -0.4, 0.2])
+    batch = {
+        "mammo": {"label": torch.tensor([1, 0, 1, 0, 1, -1]), "domain": ["a", "a", "a", "a", "b", "b"]},
+        "patho": {"label": torch.tensor([1, 0]), "domain": ["c", "c"]},
+    }
+    outputs = {"mammo": {"cls_logit": logits}, "patho": {"cls_logit": logits[:2]}}
+    irm.penalty(None, batch, outputs)
+    # mammography: a (4 labelled) and b (1 labelled: skipped); pathology: one environment only
+    assert (irm.skipped, irm.single_env) == (1, 1)
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(log=lambda name, value: logged.__setitem__(name, value))
+    irm.on_train_epoch_end(None, module)  # type: ignore[arg-type]
+    assert logged == {"dg/irm_skipped_envs": 1.0, "dg/irm_single_env_batches": 1.0}
