@@ -38,23 +38,23 @@ def test_without_an_anneal_the_optimizer_state_is_never_reset_not_even_on_resume
     assert irm.weight(0) == irm.penalty_weight
 
 
-@pytest.mark.parametrize("prefix", [0, 1, 2])
-def test_restyle_gives_the_patch_tokens_the_new_statistics_and_keeps_the_prefix(prefix: int) -> None:
+@pytest.mark.parametrize(("prefix", "eps"), [(0, 0.0), (1, 0.0), (2, 0.0), (1, 0.5)])
+def test_restyle_gives_the_patch_tokens_the_new_statistics_and_keeps_the_prefix(prefix: int, eps: float) -> None:
     g = torch.Generator().manual_seed(prefix)
     tokens = torch.randn(2, prefix + 6, 4, generator=g) * 3 + 1
     mu, sigma = torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([1.0, 0.5, 2.0, 3.0])
-    out = restyle(tokens, mu, sigma, num_prefix_tokens=prefix, eps=0.0)
+    out = restyle(tokens, mu, sigma, num_prefix_tokens=prefix, eps=eps)
     assert torch.equal(out[:, :prefix], tokens[:, :prefix])
     patches = out[:, prefix:]
-    # written out: per image and channel, over the patch tokens (unbiased variance)
+    # written out: per image and channel, over the patch tokens (unbiased variance, eps inside the root)
     for b in range(2):
         for c in range(4):
             x = tokens[b, prefix:, c].double()
-            m, s = x.mean(), ((x - x.mean()) ** 2).sum().div(len(x) - 1).sqrt()
+            m, s = x.mean(), (((x - x.mean()) ** 2).sum().div(len(x) - 1) + eps).sqrt()
             want = sigma[c].double() * (x - m) / s + mu[c].double()
             assert torch.allclose(patches[b, :, c].double(), want, atol=1e-5)
     # a per-image style [B, 1, C] applies to its own image only
-    per_image = restyle(tokens, torch.stack([mu, -mu])[:, None], torch.stack([sigma, sigma])[:, None], prefix, 0.0)
+    per_image = restyle(tokens, torch.stack([mu, -mu])[:, None], torch.stack([sigma, sigma])[:, None], prefix, eps)
     assert torch.allclose(per_image[0], out[0], atol=1e-6)
     assert torch.allclose(per_image[1, prefix:].mean(dim=0), -mu, atol=1e-5)
 
@@ -63,6 +63,17 @@ def test_restyle_keeps_the_token_dtype() -> None:
     tokens = torch.randn(1, 5, 3).half()
     out = restyle(tokens, torch.zeros(3), torch.ones(3))
     assert out.dtype == torch.float16 and out.shape == tokens.shape
+
+
+def test_restyle_by_default_keeps_one_class_token_and_gives_the_exact_new_style() -> None:
+    """The defaults are a ViT's: one prefix (CLS) token; eps small enough that σ comes out as asked."""
+    tokens = torch.randn(3, 17, 4, generator=torch.Generator().manual_seed(0)) * 3
+    mu, sigma = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0.5, 1.0, 1.5, 2.0])
+    out = restyle(tokens, mu, sigma)
+    assert torch.equal(out[:, 0], tokens[:, 0]) and not torch.allclose(out[:, 1], tokens[:, 1])
+    patches = out[:, 1:]
+    assert torch.allclose(patches.mean(dim=1), mu.expand(3, 4), atol=1e-4)
+    assert torch.allclose(patches.std(dim=1), sigma.expand(3, 4), rtol=1e-4)
 
 
 def test_random_partners_draw_from_the_given_generator_only() -> None:
