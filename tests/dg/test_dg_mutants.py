@@ -102,7 +102,31 @@ def test_the_epoch_logs_the_skipped_and_single_environment_counts() -> None:
     irm.penalty(None, batch, outputs)
     # mammography: a (4 labelled) and b (1 labelled: skipped); pathology: one environment only
     assert (irm.skipped, irm.single_env) == (1, 1)
+    irm.penalty(None, batch, outputs)  # the counts add up over the epoch's steps
     logged: dict[str, float] = {}
     module = SimpleNamespace(log=lambda name, value: logged.__setitem__(name, value))
     irm.on_train_epoch_end(None, module)  # type: ignore[arg-type]
-    assert logged == {"dg/irm_skipped_envs": 1.0, "dg/irm_single_env_batches": 1.0}
+    assert logged == {"dg/irm_skipped_envs": 2.0, "dg/irm_single_env_batches": 2.0}
+
+
+def test_the_registered_term_is_the_penalty_and_its_weight_the_anneal_schedule() -> None:
+    from mammopath.losses.objective import Objective
+
+    irm = IRM(penalty_weight=7.0, anneal_steps=2)
+    objective = Objective()
+    module = SimpleNamespace(register_loss_term=objective.register, unregister_loss_term=objective.unregister)
+    irm.setup(None, module, "validate")  # type: ignore[arg-type]
+    assert "irm" not in objective.registered  # only a fit trains with it
+    irm.setup(None, module, "fit")  # type: ignore[arg-type]
+    term = objective.registered["irm"]
+    assert [objective.weight("irm", s) for s in (0, 1, 2, 9)] == [1.0, 1.0, 7.0, 7.0]
+    logits = torch.tensor([0.5, -0.2, 0.1, 0.3])
+    batch = {"mammo": {"label": torch.tensor([1, 0, 1, 0]), "domain": ["a"] * 4}}
+    got = term.fn(None, batch, {"mammo": {"cls_logit": logits}})
+    from mammopath.dg import irm_penalty
+
+    assert got.item() == pytest.approx(irm_penalty(logits, torch.tensor([1.0, 0.0, 1.0, 0.0])).item())
+    irm.teardown(None, module, "validate")  # type: ignore[arg-type]
+    assert "irm" in objective.registered
+    irm.teardown(None, module, "fit")  # type: ignore[arg-type]
+    assert "irm" not in objective.registered
