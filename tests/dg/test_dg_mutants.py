@@ -130,3 +130,27 @@ def test_the_registered_term_is_the_penalty_and_its_weight_the_anneal_schedule()
     assert "irm" in objective.registered
     irm.teardown(None, module, "fit")  # type: ignore[arg-type]
     assert "irm" not in objective.registered
+
+
+def test_the_penalty_is_the_mean_over_each_environment_of_its_own_rows() -> None:
+    from mammopath.dg import irm_penalty
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, generator=g)
+    labels = torch.tensor([1, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 0])
+    domains = ["a", "b", "c", "a", "b", "c", "a", "b", "c", "a", "b", "c"]  # three environments, interleaved
+    batch = {"mammo": {"label": labels, "domain": domains}}
+    got = IRM(min_samples=4).penalty(None, batch, {"mammo": {"cls_logit": logits}})
+    per_env = [irm_penalty(logits[[i for i, d in enumerate(domains) if d == e]],
+                           labels[[i for i, d in enumerate(domains) if d == e]].float()) for e in "abc"]  # fmt: skip
+    assert got.item() == pytest.approx(torch.stack(per_env).mean().item(), rel=1e-5)
+
+
+def test_a_step_without_a_usable_environment_is_a_zero_that_keeps_the_graph() -> None:
+    logits = torch.tensor([0.5, -0.2, 0.1], requires_grad=True)
+    batch = {"mammo": {"label": torch.tensor([1, 0, -1]), "domain": ["a", "b", "b"]}}
+    irm = IRM(min_samples=2)
+    got = irm.penalty(None, batch, {"mammo": {"cls_logit": logits * 2}})
+    assert got.item() == 0.0 and got.requires_grad and irm.skipped == 2
+    got.backward()
+    assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
