@@ -180,3 +180,20 @@ def test_batches_without_reports_pass_untouched(tmp_path: Path) -> None:
     assert skipped.record(both, _trainer(tmp_path), {"train": 10}) is both
     assert both["mammo"] == {"label": torch.tensor([0])} and "skipped" not in both["patho"]
     assert [r["sample_id"] for r in skipped.rows] == ["p"]
+
+
+@pytest.mark.parametrize(("state", "stage"), [
+    (SimpleNamespace(stage="validate"), "validate"),  # a plain string stage (no enum .value)
+    (SimpleNamespace(stage=None), ""),  # no stage running
+    (None, ""),  # a trainer-like object without a state
+])  # fmt: skip
+def test_the_stage_is_read_from_strings_and_missing_states(tmp_path: Path, state: Any, stage: str) -> None:
+    trainer = _trainer(tmp_path)
+    if state is None:
+        del trainer.state
+    else:
+        trainer.state = state
+    skipped = SkippedSamples(max_bad_fraction=1.0)
+    skipped.record(_batch([_report("a")]), trainer, {"val": 10, "": 10})
+    assert pd.read_csv(tmp_path / "skipped.csv", keep_default_na=False)["stage"].tolist() == [stage]
+    assert set(skipped.distinct) == {"val" if stage else ""}
