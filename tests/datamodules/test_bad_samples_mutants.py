@@ -197,3 +197,11 @@ def test_the_stage_is_read_from_strings_and_missing_states(tmp_path: Path, state
     skipped.record(_batch([_report("a")]), trainer, {"val": 10, "": 10})
     assert pd.read_csv(tmp_path / "skipped.csv", keep_default_na=False)["stage"].tolist() == [stage]
     assert set(skipped.distinct) == {"val" if stage else ""}
+
+
+def test_a_report_without_some_fields_leaves_their_cells_empty(tmp_path: Path) -> None:
+    skipped = SkippedSamples(max_bad_fraction=1.0)
+    report = {"sample_id": "a", "modality": "mammo", "file": "a.dcm", "reason": "bad"}  # no domain
+    skipped.record(_batch([report]), _trainer(tmp_path), {"train": 10})
+    row = pd.read_csv(tmp_path / "skipped.csv", keep_default_na=False).iloc[0]
+    assert row["domain"] == "" and row["sample_id"] == "a"
