@@ -205,3 +205,11 @@ def test_a_report_without_some_fields_leaves_their_cells_empty(tmp_path: Path) -
     skipped.record(_batch([report]), _trainer(tmp_path), {"train": 10})
     row = pd.read_csv(tmp_path / "skipped.csv", keep_default_na=False).iloc[0]
     assert row["domain"] == "" and row["sample_id"] == "a"
+
+
+def test_a_split_of_unknown_size_never_stops_the_run_and_loggers_are_optional(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, stage="predict")
+    del trainer.loggers
+    skipped = SkippedSamples(max_bad_fraction=0.0)  # any bad sample of a known split would stop the run
+    skipped.record(_batch([_report("a")], [_report("b")]), trainer, {"train": 10})  # no size for predict
+    assert len(pd.read_csv(tmp_path / "skipped.csv")) == 2
