@@ -154,3 +154,13 @@ def test_a_step_without_a_usable_environment_is_a_zero_that_keeps_the_graph() ->
     assert got.item() == 0.0 and got.requires_grad and irm.skipped == 2
     got.backward()
     assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
+
+
+def test_the_defaults_are_domainbeds() -> None:
+    """λ = 100 from step 500 (DomainBed's IRM, as the class docstring says); 4 labelled samples per environment."""
+    irm = IRM()
+    assert (irm.weight(499), irm.weight(500)) == (1.0, 100.0)
+    logits = torch.tensor([0.5, -0.2, 0.1, 0.3, 0.2, -0.1, 0.4])
+    batch = {"mammo": {"label": torch.tensor([1, 0, 1, 0, 1, 0, 1]), "domain": ["a"] * 4 + ["b"] * 3}}
+    irm.penalty(None, batch, {"mammo": {"cls_logit": logits}})
+    assert irm.skipped == 1  # b has 3 < 4

@@ -1,0 +1,1 @@
+"""Tests that kill the surviving mutants of `make mutation` (docs/mutation.md)."""
