@@ -164,3 +164,38 @@ def test_the_defaults_are_domainbeds() -> None:
     batch = {"mammo": {"label": torch.tensor([1, 0, 1, 0, 1, 0, 1]), "domain": ["a"] * 4 + ["b"] * 3}}
     irm.penalty(None, batch, {"mammo": {"cls_logit": logits}})
     assert irm.skipped == 1  # b has 3 < 4
+
+
+@pytest.mark.parametrize("kwargs", [{"penalty_weight": -0.1}, {"anneal_steps": -1}, {"min_samples": 1}])
+def test_invalid_irm_settings_are_refused_each_on_its_own(kwargs: dict[str, float]) -> None:
+    from mammopath.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="IRM needs penalty_weight >= 0, anneal_steps >= 0 and min_samples >= 2"):
+        IRM(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_boundary_irm_settings_are_allowed() -> None:
+    irm = IRM(penalty_weight=0.0, anneal_steps=0, min_samples=2)
+    assert (irm.penalty_weight, irm.anneal_steps, irm.min_samples) == (0.0, 0, 2)
+    assert IRM(penalty_weight=0.5).penalty_weight == 0.5
+
+
+def test_irm_penalty_needs_two_samples_and_equal_lengths() -> None:
+    from mammopath.dg import irm_penalty
+    from mammopath.errors import ConfigError
+
+    two = irm_penalty(torch.tensor([0.3, -0.4]), torch.tensor([1.0, 0.0]))  # one sample per half is enough
+    assert torch.isfinite(two) and two.item() > 0
+    with pytest.raises(ConfigError, match="at least 2 samples"):
+        irm_penalty(torch.tensor([0.3]), torch.tensor([1.0]))
+    with pytest.raises(ConfigError, match=r"logits and targets differ in length \(5 vs 4\)"):
+        irm_penalty(torch.zeros(5), torch.zeros(4))
+
+
+def test_binary_targets_may_be_integers() -> None:
+    from mammopath.dg import irm_penalty
+
+    logits = torch.tensor([0.3, -0.4, 1.2, -0.1, 0.5, 0.0], dtype=torch.float64)
+    as_int = irm_penalty(logits, torch.tensor([1, 0, 1, 1, 0, 0]))
+    as_float = irm_penalty(logits, torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64))
+    assert as_int.item() == pytest.approx(as_float.item(), rel=1e-12)
