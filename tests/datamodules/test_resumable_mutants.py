@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from mammopath.datamodules.resumable import _SkipFirst
+import torch
+
+from mammopath.datamodules.resumable import ResumableLoader, _SkipFirst
 
 
 def test_the_skip_applies_to_the_first_iteration_only() -> None:
@@ -12,3 +14,35 @@ def test_the_skip_applies_to_the_first_iteration_only() -> None:
     assert list(skipping) == [4, 5]
     assert list(skipping) == [0, 1, 2, 3, 4, 5]
     assert list(skipping) == [0, 1, 2, 3, 4, 5]
+
+
+def test_iterating_leaves_torchs_global_generator_alone() -> None:
+    """The worker base seed comes from the loader's own generator: the checkpoint restores the global one for the
+    training step's draws (dropout, MixStyle), which the loader must not shift."""
+    loader = ResumableLoader(list(range(8)), batch_size=2)
+    assert loader.generator is not None
+    state = torch.get_rng_state()
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert torch.equal(torch.get_rng_state(), state)
+    given = torch.Generator().manual_seed(5)
+    assert ResumableLoader(list(range(8)), batch_size=2, generator=given).generator is given
+
+
+def test_the_loaders_generator_follows_the_run_seed() -> None:
+    seeds = {}
+    for seed in (1, 3, 3):
+        torch.manual_seed(seed)
+        seeds.setdefault(seed, set()).add(ResumableLoader(list(range(4))).generator.initial_seed())  # type: ignore[union-attr]
+    assert all(len(s) == 1 for s in seeds.values())  # the same seed, the same generator
+    assert seeds[1] != seeds[3]
+
+
+def test_a_dataset_without_augmentations_resumes_on_order_alone() -> None:
+    loader = ResumableLoader(list(range(10)), batch_size=2)
+    iterator = iter(loader)
+    assert next(iterator).tolist() == [0, 1]
+    state = loader.state_dict()
+    assert state == {"completed": 1, "position": 1, "generator": None}
+    resumed = ResumableLoader(list(range(10)), batch_size=2)
+    resumed.load_state_dict(state)
+    assert [b.tolist() for b in resumed] == [[2, 3], [4, 5], [6, 7], [8, 9]]
