@@ -46,3 +46,26 @@ def test_a_dataset_without_augmentations_resumes_on_order_alone() -> None:
     resumed = ResumableLoader(list(range(10)), batch_size=2)
     resumed.load_state_dict(state)
     assert [b.tolist() for b in resumed] == [[2, 3], [4, 5], [6, 7], [8, 9]]
+
+
+class _Augmented(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(0)
+
+    def augment_generator(self) -> torch.Generator:
+        return self.generator
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def test_a_saved_state_without_augmentations_leaves_the_generator_as_it_is() -> None:
+    """A checkpoint from a run without augmentations, resumed with them: order restored, generator untouched."""
+    loader = ResumableLoader(_Augmented(), batch_size=2)
+    before = loader.dataset.generator.get_state()  # type: ignore[attr-defined]
+    loader.load_state_dict({"completed": 1, "position": 1, "generator": None})
+    assert [b.tolist() for b in loader] == [[2, 3], [4, 5]]
+    assert torch.equal(loader.dataset.generator.get_state(), before)  # type: ignore[attr-defined]
