@@ -69,3 +69,27 @@ def test_a_saved_state_without_augmentations_leaves_the_generator_as_it_is() -> 
     loader.load_state_dict({"completed": 1, "position": 1, "generator": None})
     assert [b.tolist() for b in loader] == [[2, 3], [4, 5]]
     assert torch.equal(loader.dataset.generator.get_state(), before)  # type: ignore[attr-defined]
+
+
+class _Drawing(_Augmented):
+    def __getitem__(self, i: int) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+
+def test_a_deeper_prefetch_across_a_pass_boundary_still_finds_the_saved_augmentation_state() -> None:
+    """A shorter loader in its 2nd pass, two batches fetched ahead: the state before fetch 2 (1st pass) is kept."""
+    from mammopath.datamodules.samplers import EpochSampler
+
+    dataset = _Drawing()
+    loader = ResumableLoader(dataset, batch_size=2, sampler=EpochSampler(6, seed=0))  # 3 batches per pass
+    before: list[torch.Tensor] = []
+    iterator = iter(loader)
+    for _ in range(3):  # the whole 1st pass: fetches 0, 1, 2
+        before.append(dataset.generator.get_state())
+        next(iterator)
+    before.append(dataset.generator.get_state())
+    next(iter(loader))  # the 2nd pass of the same epoch: fetch 3
+    loader.progress = lambda: 2  # the step of batch 2 is the last that ran
+    state = loader.state_dict()
+    assert state["completed"] == 2 and state["position"] == 2
+    assert torch.equal(state["generator"], before[2])
