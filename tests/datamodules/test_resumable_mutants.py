@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mammopath.datamodules.resumable import ResumableLoader, _SkipFirst
@@ -72,6 +73,13 @@ def test_a_saved_state_without_augmentations_leaves_the_generator_as_it_is() -> 
 
 
 class _Drawing(_Augmented):
+    def __init__(self, size: int = 6) -> None:
+        super().__init__()
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
     def __getitem__(self, i: int) -> float:
         return float(torch.rand((), generator=self.generator))
 
@@ -93,3 +101,28 @@ def test_a_deeper_prefetch_across_a_pass_boundary_still_finds_the_saved_augmenta
     state = loader.state_dict()
     assert state["completed"] == 2 and state["position"] == 2
     assert torch.equal(state["generator"], before[2])
+
+
+@pytest.mark.parametrize(("ahead", "kept"), [(4, True), (5, False)])
+def test_augmentation_states_are_kept_for_four_batches_fetched_ahead(ahead: int, kept: bool) -> None:
+    dataset = _Drawing(20)
+    loader = ResumableLoader(dataset, batch_size=2)
+    first = dataset.generator.get_state()
+    iterator = iter(loader)
+    for _ in range(ahead + 1):  # fetches 0 .. ahead
+        next(iterator)
+    loader.progress = lambda: 0  # no step has completed yet
+    assert torch.equal(loader.state_dict()["generator"], first) is kept
+
+
+def test_a_new_epoch_counts_its_batches_from_zero() -> None:
+    from mammopath.datamodules.samplers import EpochSampler
+
+    sampler = EpochSampler(6, seed=0)
+    loader = ResumableLoader(list(range(6)), batch_size=2, sampler=sampler)
+    assert loader.state_dict() == {"completed": 0, "position": 0, "generator": None}  # before any batch
+    assert len(list(loader)) == 3 and loader.state_dict()["completed"] == 3
+    sampler.set_epoch(1)
+    iterator = iter(loader)
+    next(iterator)
+    assert loader.state_dict()["completed"] == 1
