@@ -126,3 +126,23 @@ def test_a_new_epoch_counts_its_batches_from_zero() -> None:
     iterator = iter(loader)
     next(iterator)
     assert loader.state_dict()["completed"] == 1
+
+
+@pytest.mark.parametrize("augmented", [True, False])
+def test_a_state_saved_at_the_epochs_end_starts_the_next_epoch_afresh(augmented: bool) -> None:
+    dataset = _Drawing(6) if augmented else list(range(6))
+    loader = ResumableLoader(dataset, batch_size=2)
+    assert len(list(loader)) == 3
+    loader.progress = lambda: 3
+    loader.epoch_length = lambda: 3.0
+    generator = dataset.generator.get_state() if isinstance(dataset, _Drawing) else None
+    state = loader.state_dict()
+    assert set(state) == {"completed", "position", "generator"}
+    assert (state["completed"], state["position"]) == (0, 0)
+    assert (state["generator"] is None) if generator is None else torch.equal(state["generator"], generator)
+    loader.progress = lambda: 2  # one batch short of the end: a mid-epoch state
+    assert loader.state_dict()["completed"] == 2
+
+
+def test_an_empty_loader_has_a_state_too() -> None:
+    assert ResumableLoader([], batch_size=2).state_dict() == {"completed": 0, "position": 0, "generator": None}

@@ -174,3 +174,12 @@ def test_the_intra_modal_term_adds_half_the_weighted_supcon_of_each_modality(wei
     intra = {m: _naive_supcon(z[m], keys[m], 2.0) for m in ("mammo", "patho")}
     assert intra["mammo"] > 0 and intra["patho"] > 0
     assert both == pytest.approx(plain + weight * 0.5 * (intra["mammo"] + intra["patho"]), rel=1e-5)
+
+
+@pytest.mark.parametrize(("m_shape", "p_shape"), [((3, 4), (2, 5)), ((3, 4, 1), (2, 4)), ((3, 4), (2, 4, 1))])
+def test_embeddings_of_the_wrong_shape_are_refused_each_on_its_own(m_shape: tuple, p_shape: tuple) -> None:
+    from mammopath.errors import ConfigError
+
+    positives = torch.zeros(m_shape[0], p_shape[0], dtype=torch.bool)
+    with pytest.raises(ConfigError, match=r"embeddings must be \[n, d\] with the same d"):
+        cross_modal_contrastive_loss(torch.randn(m_shape), torch.randn(p_shape), positives, 1.0)
