@@ -183,3 +183,19 @@ def test_embeddings_of_the_wrong_shape_are_refused_each_on_its_own(m_shape: tupl
     positives = torch.zeros(m_shape[0], p_shape[0], dtype=torch.bool)
     with pytest.raises(ConfigError, match=r"embeddings must be \[n, d\] with the same d"):
         cross_modal_contrastive_loss(torch.randn(m_shape), torch.randn(p_shape), positives, 1.0)
+
+
+def test_positives_of_the_wrong_shape_are_refused_with_the_expected_shape() -> None:
+    from mammopath.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"positives must be \[3, 2\]; got \(2, 3\)"):
+        cross_modal_contrastive_loss(torch.randn(3, 4), torch.randn(2, 4), torch.zeros(2, 3, dtype=torch.bool), 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32])
+def test_cross_modal_positives_given_as_numbers_are_read_as_booleans(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    zm, zp = torch.randn(3, 4, generator=g), torch.randn(4, 4, generator=g)
+    positives = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]])
+    want = cross_modal_contrastive_loss(zm, zp, positives.bool(), 2.0).item()
+    assert cross_modal_contrastive_loss(zm, zp, positives.to(dtype), 2.0).item() == pytest.approx(want, rel=1e-6)
