@@ -199,3 +199,13 @@ def test_cross_modal_positives_given_as_numbers_are_read_as_booleans(dtype: torc
     positives = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]])
     want = cross_modal_contrastive_loss(zm, zp, positives.bool(), 2.0).item()
     assert cross_modal_contrastive_loss(zm, zp, positives.to(dtype), 2.0).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_no_positive_at_all_keeps_both_modalities_and_the_scale_in_the_graph() -> None:
+    zm, zp = torch.randn(3, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)
+    scale = torch.tensor(2.0, requires_grad=True)
+    loss = cross_modal_contrastive_loss(zm, zp, torch.zeros(3, 2, dtype=torch.bool), scale)
+    assert loss.item() == 0.0
+    loss.backward()
+    for leaf in (zm, zp, scale):  # DDP needs every parameter that produced them in the graph
+        assert leaf.grad is not None and torch.count_nonzero(leaf.grad) == 0
