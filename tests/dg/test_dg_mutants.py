@@ -214,3 +214,13 @@ def test_the_penalty_gradient_flows_through_both_half_gradients() -> None:
     half = lambda s: ((torch.sigmoid(z[s]) - y[s]) * z[s]).mean()  # noqa: E731
     (half(slice(0, None, 2)) * half(slice(1, None, 2))).backward()
     assert torch.allclose(ours, z.grad, atol=1e-12)  # type: ignore[arg-type]
+
+
+def test_mixstyle_by_default_keeps_one_class_token() -> None:
+    from mammopath.dg.mixstyle import mixstyle
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.stack([torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g) * 4 + 2])
+    out = mixstyle(tokens, torch.zeros(2), torch.tensor([1, 0]))  # λ = 0: each image takes its partner's style
+    assert torch.equal(out[:, 0], tokens[:, 0])
+    assert torch.allclose(out[0, 1:].mean(dim=0), tokens[1, 1:].mean(dim=0), atol=1e-5)
