@@ -224,3 +224,15 @@ def test_mixstyle_by_default_keeps_one_class_token() -> None:
     out = mixstyle(tokens, torch.zeros(2), torch.tensor([1, 0]))  # λ = 0: each image takes its partner's style
     assert torch.equal(out[:, 0], tokens[:, 0])
     assert torch.allclose(out[0, 1:].mean(dim=0), tokens[1, 1:].mean(dim=0), atol=1e-5)
+
+
+def test_mixstyle_passes_its_eps_to_the_statistics() -> None:
+    from mammopath.dg.mixstyle import mixstyle
+
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
+    out = mixstyle(tokens, torch.zeros(2), torch.tensor([1, 0]), num_prefix_tokens=1, eps=0.5)
+    x = tokens[:, 1:]
+    mu, sd = x.mean(dim=1, keepdim=True), (x.var(dim=1, keepdim=True) + 0.5).sqrt()  # eps inside the root
+    want = sd[[1, 0]] * (x - mu) / sd + mu[[1, 0]]
+    assert torch.allclose(out[:, 1:], want, atol=1e-9)
