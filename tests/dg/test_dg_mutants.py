@@ -236,3 +236,23 @@ def test_mixstyle_passes_its_eps_to_the_statistics() -> None:
     mu, sd = x.mean(dim=1, keepdim=True), (x.var(dim=1, keepdim=True) + 0.5).sqrt()  # eps inside the root
     want = sd[[1, 0]] * (x - mu) / sd + mu[[1, 0]]
     assert torch.allclose(out[:, 1:], want, atol=1e-9)
+
+
+def test_token_statistics_defaults_exclude_one_class_token_with_a_tiny_eps() -> None:
+    from mammopath.dg.mixstyle import token_statistics
+
+    tokens = torch.randn(2, 9, 3, generator=torch.Generator().manual_seed(2)) * 2
+    tokens[:, 0] = 1000.0  # a class token far from the patches: counted, it would dominate
+    mu, sigma = token_statistics(tokens)
+    assert torch.allclose(mu[:, 0], tokens[:, 1:].mean(dim=1), atol=1e-5)
+    assert torch.allclose(sigma[:, 0], tokens[:, 1:].std(dim=1), rtol=1e-5)
+
+
+def test_token_statistics_refuse_other_shapes_and_mixstyle_keeps_the_dtype() -> None:
+    from mammopath.dg.mixstyle import mixstyle, token_statistics
+    from mammopath.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"token statistics need tokens \[B, T, C\]; got shape \(2, 3\)"):
+        token_statistics(torch.zeros(2, 3))
+    tokens = torch.randn(2, 5, 3).half()
+    assert mixstyle(tokens, torch.full((2,), 0.5), torch.tensor([1, 0])).dtype == torch.float16
