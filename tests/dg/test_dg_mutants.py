@@ -256,3 +256,13 @@ def test_token_statistics_refuse_other_shapes_and_mixstyle_keeps_the_dtype() -> 
         token_statistics(torch.zeros(2, 3))
     tokens = torch.randn(2, 5, 3).half()
     assert mixstyle(tokens, torch.full((2,), 0.5), torch.tensor([1, 0])).dtype == torch.float16
+
+
+def test_token_statistics_need_two_patch_tokens() -> None:
+    from mammopath.dg.mixstyle import token_statistics
+    from mammopath.errors import ConfigError
+
+    mu, sigma = token_statistics(torch.tensor([[[9.0, 9.0], [1.0, 2.0], [3.0, 6.0]]]))  # 2 patch tokens: enough
+    assert mu.tolist() == [[[2.0, 4.0]]] and torch.allclose(sigma, torch.tensor([[[2.0**0.5, 8.0**0.5]]]))
+    with pytest.raises(ConfigError, match="token statistics need at least 2 patch tokens; got 1"):
+        token_statistics(torch.zeros(1, 2, 4))  # a class token and one patch token
