@@ -209,3 +209,17 @@ def test_no_positive_at_all_keeps_both_modalities_and_the_scale_in_the_graph() -
     loss.backward()
     for leaf in (zm, zp, scale):  # DDP needs every parameter that produced them in the graph
         assert leaf.grad is not None and torch.count_nonzero(leaf.grad) == 0
+
+
+def test_by_default_the_two_pairing_kinds_weigh_the_same() -> None:
+    z, keys = _step()  # mammography: patients 0, 1 paired, 5, 6 not; pathology: 0, 1 paired, 7 not
+
+    def term(kind: bool) -> float:
+        rows, cols = keys["mammo"]["paired"] == kind, keys["patho"]["paired"] == kind
+        km = {k: v[rows] for k, v in keys["mammo"].items()}
+        kp = {k: v[cols] for k, v in keys["patho"].items()}
+        pos = positive_matrix(km["patient"], km["cls"], km["paired"], kp["patient"], kp["cls"], kp["paired"])
+        return cross_modal_contrastive_loss(z["mammo"][rows], z["patho"][cols], pos, 2.0).item()
+
+    got = CrossModalContrastiveLoss()(z, keys, torch.tensor(2.0)).item()
+    assert got == pytest.approx((term(True) + term(False)) / 2, rel=1e-6)
