@@ -170,7 +170,7 @@ def test_the_defaults_are_domainbeds() -> None:
 def test_invalid_irm_settings_are_refused_each_on_its_own(kwargs: dict[str, float]) -> None:
     from mammopath.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="IRM needs penalty_weight >= 0, anneal_steps >= 0 and min_samples >= 2"):
+    with pytest.raises(ConfigError, match=r"^IRM needs penalty_weight >= 0, anneal_steps >= 0 and min_samples >= 2$"):
         IRM(**kwargs)  # type: ignore[arg-type]
 
 
@@ -186,7 +186,7 @@ def test_irm_penalty_needs_two_samples_and_equal_lengths() -> None:
 
     two = irm_penalty(torch.tensor([0.3, -0.4]), torch.tensor([1.0, 0.0]))  # one sample per half is enough
     assert torch.isfinite(two) and two.item() > 0
-    with pytest.raises(ConfigError, match="at least 2 samples"):
+    with pytest.raises(ConfigError, match=r"^irm_penalty needs at least 2 samples \(one per half\)$"):
         irm_penalty(torch.tensor([0.3]), torch.tensor([1.0]))
     with pytest.raises(ConfigError, match=r"logits and targets differ in length \(5 vs 4\)"):
         irm_penalty(torch.zeros(5), torch.zeros(4))
