@@ -64,13 +64,13 @@ bench: install ## benchmarks: ratios against the raw libraries doing the same wo
 	$(BIN)/python -m bench
 
 # mutation testing is for people, not CI: nice'd, MUTATION_CHILDREN workers (2 cores shared: keep it at 1-2)
-MUTATION_CHILDREN ?= 1
+MUTATION_CHILDREN ?= 2
 MUTANTS ?=
 
 $(BIN)/mutmut: | $(BIN)/.installed
 	$(BIN)/python -m pip install -e ".[dev,mutation]"
 
-mutation: install $(BIN)/mutmut ## mutation testing of the critical modules (mutmut, ~50 min; docs/mutation.md) → results/mutation
+mutation: install $(BIN)/mutmut ## mutation testing of the critical modules (mutmut, ~1 h on 2 cores; docs/mutation.md) → results/mutation
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTANTS)
 	$(BIN)/python -m bench.mutation_summary --out results/mutation
 
