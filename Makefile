@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SYNTH := data/synth
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo prepare-demo test test-all lint format bench reproduce reproduce-demo lodo report tensorboard clean check-weights evidence calibrate
+.PHONY: help install demo prepare-demo test test-all lint format bench mutation reproduce reproduce-demo lodo report tensorboard clean check-weights evidence calibrate
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,17 @@ format: install ## apply ruff fixes and formatting
 
 bench: install ## benchmarks: ratios against the raw libraries doing the same work (docs/performance.md)
 	$(BIN)/python -m bench
+
+# mutation testing is for people, not CI: nice'd, MUTATION_CHILDREN workers (2 cores shared: keep it at 1-2)
+MUTATION_CHILDREN ?= 2
+MUTANTS ?=
+
+$(BIN)/mutmut: | $(BIN)/.installed
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev,mutation]"
+
+mutation: install $(BIN)/mutmut ## mutation testing of the critical modules (mutmut, ~1 h on 2 cores; docs/mutation.md) → results/mutation
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTANTS)
+	$(BIN)/python -m bench.mutation_summary --out results/mutation
 
 reproduce-demo: install $(SYNTH)/manifest.csv ## the reproduction sweep on the synthetic benchmark (< 60 min on 2 cores) and its report
 	$(BIN)/mammopath sweep experiments/sweeps/reproduce_demo.yaml
