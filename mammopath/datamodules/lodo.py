@@ -75,6 +75,11 @@ class LodoDataModule(L.LightningDataModule):
         augment: train-time flips/rotations.
         check_files: verify at setup that every file exists.
         slide_cache_size: open slides kept per worker.
+        decoded_cache_mb: keep decoded, resized samples in memory, up to this many MiB per process and split
+            (0 = off; :class:`~mammopath.datasets.manifest_dataset.ManifestDataset`): from the second epoch on,
+            training and validation read no file. Samples are identical to uncached ones (augmentations are drawn
+            afresh). Each worker process keeps its own cache, so memory is ``(1 + num_workers)`` × the budget
+            per split at most.
         normalization: per modality ``{"mean": [...], "std": [...]}``; default: the sources' own (benchmark
             datamodules carry theirs), else :data:`DEFAULT_NORMALIZATION`. Linked into the model.
         paired_sampling: ``auto`` puts patients with both modalities into the same training step
@@ -114,6 +119,7 @@ class LodoDataModule(L.LightningDataModule):
         augment: bool = True,
         check_files: bool = True,
         slide_cache_size: int = 16,
+        decoded_cache_mb: float = 0.0,
         normalization: dict[str, dict[str, list[float]]] | None = None,
         paired_sampling: str = "auto",
         paired_per_batch: int = 4,
@@ -131,6 +137,8 @@ class LodoDataModule(L.LightningDataModule):
         if on_bad_sample not in ("raise", "skip"):
             raise ConfigError(f"data.on_bad_sample must be 'raise' or 'skip'; got {on_bad_sample!r}")
         self.on_bad_sample = on_bad_sample
+        if decoded_cache_mb < 0:
+            raise ConfigError(f"data.decoded_cache_mb must be >= 0 MiB (0 = off); got {decoded_cache_mb}")
         self.skipped = SkippedSamples(max_bad_fraction)
         self.preflight, self.preflight_workers = preflight, preflight_workers
         self._preflight_done = False
@@ -158,6 +166,7 @@ class LodoDataModule(L.LightningDataModule):
             "slide_cache_size": slide_cache_size,
             "storage_options": storage_options,
             "on_bad_sample": on_bad_sample,
+            "decoded_cache_mb": decoded_cache_mb,
         }
         self.augment = augment
         self.check_files = check_files

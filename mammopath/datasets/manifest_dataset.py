@@ -91,6 +91,11 @@ class ManifestDataset(Dataset):
             ``skip``: the sample is replaced by the next readable row of the same domain and reported in the
             sample's ``skipped`` field (the datamodule records it in ``skipped.csv`` and stops past a bad fraction).
         max_replacements: with ``skip``, how many further rows are tried before the error is raised anyway.
+        decoded_cache_mb: keep each decoded, resized sample (image, mask) in memory, up to this many MiB per
+            process (0 = off): later epochs skip the file reads and decodes. Augmentations are drawn afresh on the
+            cached tensors, so every sample equals the uncached one. Rows are cached in the order first read until
+            the budget is full (no eviction); each DataLoader worker keeps its own cache (``num_workers`` × the
+            budget; persistent workers keep it across epochs). Files changed during a run are not re-read.
 
     The root may be an fsspec URL: slide patches are then read in place (range requests) and annotation files
     copied once to a local cache; mammograms and microscopy photos need a local root.
@@ -110,6 +115,7 @@ class ManifestDataset(Dataset):
         storage_options: dict[str, Any] | None = None,
         on_bad_sample: str = "raise",
         max_replacements: int = 16,
+        decoded_cache_mb: float = 0.0,
     ):
         if on_bad_sample not in ("raise", "skip"):
             raise ConfigError(f"on_bad_sample must be 'raise' or 'skip'; got {on_bad_sample!r}")
@@ -127,6 +133,11 @@ class ManifestDataset(Dataset):
         self.seed = seed
         self.slides = SlideCache(slide_cache_size, storage_options)
         self._records = self.rows.to_dict("records")
+        if decoded_cache_mb < 0:
+            raise ConfigError(f"decoded_cache_mb must be >= 0 (0 = off); got {decoded_cache_mb}")
+        self.decoded_cache_bytes = int(decoded_cache_mb * 2**20)
+        self._decoded: dict[int, tuple[torch.Tensor, torch.Tensor, bool, dict[str, Any]]] = {}
+        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -250,18 +261,7 @@ class ManifestDataset(Dataset):
     def _sample(self, index: int) -> dict[str, Any]:
         row: dict[str, Any] = self._records[index]  # type: ignore[assignment]
         modality = row["modality"]
-        if modality == "mammo":
-            image, mask, extra = self._mammo(row)
-        elif modality == "patho":
-            image, mask, extra = self._patho(row)
-        else:  # validated manifests never get here
-            raise ConfigError(f"row {index}: unknown modality {modality!r}")
-        image_t = _resize(image, self.image_size, "bilinear", clamp=True)
-        has_mask = mask is not None
-        if mask is not None:
-            mask_t = _resize(mask.astype(np.float32), self.image_size, "area")[0]
-        else:
-            mask_t = torch.zeros(self.image_size)
+        image_t, mask_t, has_mask, extra = self._decoded_sample(index, row)
         if self.augment:
             image_t, mask_t = self._augment(image_t, mask_t, modality, index)
         return {
@@ -282,9 +282,41 @@ class ManifestDataset(Dataset):
             "meta": {"dataset": row["dataset"], "parent_id": row.get("parent_id") or "", **extra},
         }
 
+    def _decoded_sample(
+        self, index: int, row: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, bool, dict[str, Any]]:
+        """The row's image and mask, read, decoded and resized (from the decoded cache when it holds them)."""
+        cached = self._decoded.get(index)
+        if cached is not None:
+            image_c, mask_c, has_mask_c, extra_c = cached
+            return image_c.clone(), mask_c.clone(), has_mask_c, dict(extra_c)
+        modality = row["modality"]
+        if modality == "mammo":
+            image, mask, extra = self._mammo(row)
+        elif modality == "patho":
+            image, mask, extra = self._patho(row)
+        else:  # validated manifests never get here
+            raise ConfigError(f"row {index}: unknown modality {modality!r}")
+        image_t = _resize(image, self.image_size, "bilinear", clamp=True)
+        has_mask = mask is not None
+        if mask is not None:
+            mask_t = _resize(mask.astype(np.float32), self.image_size, "area")[0]
+        else:
+            mask_t = torch.zeros(self.image_size)
+        size = image_t.nbytes + mask_t.nbytes
+        if self.decoded_cache_bytes and self._decoded_bytes + size <= self.decoded_cache_bytes:
+            self._decoded[index] = (image_t.clone(), mask_t.clone(), has_mask, dict(extra))
+            self._decoded_bytes += size
+        return image_t, mask_t, has_mask, extra
+
+    def decoded_cache_info(self) -> dict[str, int]:
+        """Rows held by this process's decoded cache and their bytes."""
+        return {"rows": len(self._decoded), "bytes": self._decoded_bytes, "budget": self.decoded_cache_bytes}
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_augment_generator", None)  # per process: a worker seeds its own
+        state["_decoded"], state["_decoded_bytes"] = {}, 0  # per process: a worker fills its own
         return state
 
     def augment_generator(self) -> torch.Generator:

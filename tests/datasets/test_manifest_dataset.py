@@ -4,10 +4,12 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from mammopath.datasets.manifest_dataset import ManifestDataset
+from mammopath.errors import ConfigError
 from mammopath.io.annotations import read_asap_xml
 from mammopath.io.dicom import read_mammogram
 from mammopath.io.masks import rasterize
@@ -84,3 +86,51 @@ def test_augment_keeps_image_and_mask_aligned(manifest, synth_root: Path) -> Non
                 img, msk = img.flip(2), msk.flip(1)
             candidates.append(torch.equal(img, aug["image"]) and torch.equal(msk, aug["mask"]))
     assert any(candidates)
+
+
+def _two_passes(ds: ManifestDataset, before_second=None) -> list[dict]:
+    torch.manual_seed(0)  # the augmentations' generator is seeded from torch's seed at its first draw
+    [ds[i] for i in range(len(ds))]
+    if before_second is not None:
+        before_second()
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_decoded_cache_gives_the_uncached_samples_without_reading_files_again(manifest, synth_root, tmp_path) -> None:
+    import shutil
+
+    rows = pd.concat([manifest[manifest["modality"] == m].head(4) for m in ("mammo", "patho")]).reset_index(drop=True)
+    files = {p for col in ("path", "roi_path") for p in rows[col] if isinstance(p, str) and p}
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synth_root / name, tmp_path / name)
+    kwargs = {"image_size": 32, "augment": True}
+    cached = ManifestDataset(rows, tmp_path, decoded_cache_mb=64, **kwargs)
+    # the second pass must come from memory: the files are gone
+    second = _two_passes(cached, before_second=lambda: shutil.rmtree(tmp_path / "mammo") or shutil.rmtree(tmp_path / "patho"))
+    reference = _two_passes(ManifestDataset(rows, synth_root, **kwargs))
+    for got, want in zip(second, reference, strict=True):
+        torch.testing.assert_close(got["image"], want["image"], atol=0, rtol=0)
+        torch.testing.assert_close(got["mask"], want["mask"], atol=0, rtol=0)
+        assert (got["sample_id"], got["has_mask"], got["meta"]) == (want["sample_id"], want["has_mask"], want["meta"])
+    info = cached.decoded_cache_info()
+    assert info["rows"] == len(rows) and info["bytes"] == sum(s["image"].nbytes + s["mask"].nbytes for s in second)
+    # a worker (pickled dataset) starts with an empty cache of its own
+    assert pickle.loads(pickle.dumps(cached)).decoded_cache_info()["rows"] == 0
+
+
+def test_decoded_cache_stops_at_its_budget_and_is_off_by_default(manifest, synth_root) -> None:
+    rows = manifest[manifest["modality"] == "mammo"].head(3)
+    one = (1 * 32 * 32 + 32 * 32) * 4  # a mammogram and its mask, float32, at 32 px
+    ds = ManifestDataset(rows, synth_root, image_size=32, decoded_cache_mb=1.5 * one / 2**20)
+    [ds[i] for i in range(3)]
+    assert ds.decoded_cache_info() == {"rows": 1, "bytes": one, "budget": int(1.5 * one)}
+    # what a caller does to a sample in place never reaches the cache
+    first = ds[0]["image"].clone()
+    ds[0]["image"].add_(1.0)
+    torch.testing.assert_close(ds[0]["image"], first, atol=0, rtol=0)
+    off = ManifestDataset(rows, synth_root, image_size=32)
+    [off[i] for i in range(3)]
+    assert off.decoded_cache_info()["rows"] == 0
+    with pytest.raises(ConfigError, match="decoded_cache_mb must be >= 0"):
+        ManifestDataset(rows, synth_root, decoded_cache_mb=-1)
