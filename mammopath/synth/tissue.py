@@ -1,7 +1,8 @@
 """Generator v2's pathology: cells whose nuclei differ by shape and arrangement, not by total stain; ink dots.
 
 A patch (64 px at 1 µm/px, a 128-px cell of a 0.5 µm/px slide) of normal tissue has small round nuclei lined up
-in gland rings around a lumen; tumour has large irregular nuclei crowded at random; both cover the same nuclear
+in gland rings around a lumen; in tumour, 40% of the nuclear area is large irregular nuclei at random among
+fewer rings (generator 2.2; 2.0-2.1: all of it, which made the class easier than the ink cue); both cover the same nuclear
 area (:data:`NUCLEAR_AREA`), so the mean haematoxylin is not a class cue and per-image style statistics do not
 carry the class. The cue is green ink dots inside a cell. Used by :mod:`mammopath.synth.suite`.
 """
@@ -21,6 +22,10 @@ TILT_STAIN = 0.2
 PATCH, PATCH_MPP, SLIDE_MPP = 64, 1.0, 0.5
 CELL = int(PATCH * PATCH_MPP / SLIDE_MPP)  # level-0 pixels of one patch
 NUCLEAR_AREA = 0.16  # fraction of a cell covered by nuclei, both classes
+NORMAL_RADIUS = 3.2  # level-0 px: the small round nuclei of the gland rings
+TUMOUR_RADIUS = (4.5, 6.5)  # level-0 px: the semi-minor axis of tumour nuclei, drawn uniformly
+TUMOUR_ASPECT = (1.2, 1.8)  # their elongation, drawn uniformly
+TUMOUR_IRREGULAR = 0.4  # share of a tumour patch's nuclear area in large irregular nuclei (the rest: gland rings)
 
 
 def _disk(radius: float, aspect: float = 1.0, angle: float = 0.0) -> np.ndarray:
@@ -53,30 +58,31 @@ def _stamp(canvas: np.ndarray, shape: np.ndarray, cy: int, cx: int, count: bool 
 
 
 def render_cell(rng: np.random.Generator, tumour_look: bool, size: int = CELL) -> np.ndarray:
-    """Nuclei (bool) of one patch: gland rings of small round nuclei, or crowded large irregular ones.
+    """Nuclei (bool) of one patch: gland rings of small round nuclei; a tumour patch keeps rings for all but
+    :data:`TUMOUR_IRREGULAR` of its nuclear area and fills that share with large irregular nuclei at random.
 
     Both classes cover :data:`NUCLEAR_AREA` of the cell (±2%): the class is in shape and arrangement.
     """
     nuclei = np.zeros((size, size), dtype=bool)
     target = NUCLEAR_AREA * size * size
+    rings_until = target * (1.0 - TUMOUR_IRREGULAR) if tumour_look else target
     area, guard = 0, 0
-    if not tumour_look:
-        while area < target and guard < 40:
-            guard += 1
-            ring = rng.uniform(13, 18)
-            cy, cx = rng.uniform(ring, size - ring, size=2)
-            count = int(2 * np.pi * ring / 8.5)
-            phase = rng.uniform(0, 2 * np.pi)
-            for k in range(count):  # a whole ring, then the area once
-                a = phase + 2 * np.pi * k / count
-                _stamp(nuclei, _disk(3.2), int(cy + ring * np.sin(a)), int(cx + ring * np.cos(a)), count=False)
-            area = int(np.count_nonzero(nuclei))
-    else:
-        while area < target and guard < 400:
-            guard += 1
-            cy, cx = rng.integers(0, size, size=2)
-            shape = _disk(rng.uniform(4.5, 6.5), rng.uniform(1.2, 1.8), rng.uniform(0, np.pi))
-            area += _stamp(nuclei, shape, int(cy), int(cx))
+    while area < rings_until and guard < 40:
+        guard += 1
+        ring = rng.uniform(13, 18)
+        cy, cx = rng.uniform(ring, size - ring, size=2)
+        count = int(2 * np.pi * ring / 8.5)
+        phase = rng.uniform(0, 2 * np.pi)
+        for k in range(count):  # a whole ring, then the area once
+            a = phase + 2 * np.pi * k / count
+            _stamp(nuclei, _disk(NORMAL_RADIUS), int(cy + ring * np.sin(a)), int(cx + ring * np.cos(a)), count=False)
+        area = int(np.count_nonzero(nuclei))
+    guard = 0
+    while tumour_look and area < target and guard < 400:
+        guard += 1
+        cy, cx = rng.integers(0, size, size=2)
+        shape = _disk(rng.uniform(*TUMOUR_RADIUS), rng.uniform(*TUMOUR_ASPECT), rng.uniform(0, np.pi))
+        area += _stamp(nuclei, shape, int(cy), int(cx))
     return nuclei
 
 
