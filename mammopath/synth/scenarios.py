@@ -39,7 +39,7 @@ from typing import Any
 from mammopath.errors import ConfigError
 from mammopath.synth.styles import MammoStyle, PathoStyle
 
-GENERATOR_VERSION = "2.2"
+GENERATOR_VERSION = "2.3"
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,10 @@ MAMMO_SOURCES = (
 )  # fmt: skip
 #: inside the source range (between hospital_a and hospital_d)
 MAMMO_NEAR = _m("hospital_n", bits_stored=14, gamma=1.08, contrast=1.02, offset=0.01, noise=0.012, blur=0.2)
-#: outside the source range on every style axis (generator 2.2, pre-registration amendment 2; 2.0-2.1 had gamma 1.9,
-#: contrast 0.75, offset 0.08, noise 0.035, blur 1.2, where even the cue-free oracle fell to 0.60)
-MAMMO_FAR = _m("hospital_c", bits_stored=14, gamma=1.2, contrast=0.9, offset=0.04, noise=0.025, blur=0.8)
+#: outside the source range on every style axis (generator 2.3, pre-registration amendments 2 and 3; 2.0-2.1 had
+#: gamma 1.9, contrast 0.75, offset 0.08, noise 0.035, blur 1.2, where even the cue-free oracle fell to 0.60;
+#: 2.2: gamma 1.2, contrast 0.9, offset 0.04, noise 0.025, blur 0.8, where it fell to 0.82)
+MAMMO_FAR = _m("hospital_c", bits_stored=14, gamma=1.2, contrast=0.92, offset=0.03, noise=0.02, blur=0.6)
 PATHO_SOURCES = (
     _p("centre_1", h_vector=(0.65, 0.70, 0.29), e_vector=(0.07, 0.99, 0.11), jpeg_quality=92),
     _p("centre_2", h_vector=(0.58, 0.74, 0.34), e_vector=(0.12, 0.96, 0.22), h_scale=1.1, e_scale=0.9, blur=0.4,

@@ -1,8 +1,9 @@
 """Generator v2's pathology: cells whose nuclei differ by shape and arrangement, not by total stain; ink dots.
 
 A patch (64 px at 1 µm/px, a 128-px cell of a 0.5 µm/px slide) of normal tissue has small round nuclei lined up
-in gland rings around a lumen; in tumour, 40% of the nuclear area is large irregular nuclei at random among
-fewer rings (generator 2.2; 2.0-2.1: all of it, which made the class easier than the ink cue); both cover the same nuclear
+in gland rings around a lumen; in tumour, 70% of the nuclear area is large irregular nuclei at random among
+fewer rings (generator 2.3; 2.0-2.1: all of it, which made the class easier than the ink cue; 2.2: 40%, too hard
+for the oracle); both cover the same nuclear
 area (:data:`NUCLEAR_AREA`), so the mean haematoxylin is not a class cue and per-image style statistics do not
 carry the class. The cue is green ink dots inside a cell. Used by :mod:`mammopath.synth.suite`.
 """
@@ -25,7 +26,7 @@ NUCLEAR_AREA = 0.16  # fraction of a cell covered by nuclei, both classes
 NORMAL_RADIUS = 3.2  # level-0 px: the small round nuclei of the gland rings
 TUMOUR_RADIUS = (4.5, 6.5)  # level-0 px: the semi-minor axis of tumour nuclei, drawn uniformly
 TUMOUR_ASPECT = (1.2, 1.8)  # their elongation, drawn uniformly
-TUMOUR_IRREGULAR = 0.4  # share of a tumour patch's nuclear area in large irregular nuclei (the rest: gland rings)
+TUMOUR_IRREGULAR = 0.7  # share of a tumour patch's nuclear area in large irregular nuclei (the rest: gland rings)
 
 
 def _disk(radius: float, aspect: float = 1.0, angle: float = 0.0) -> np.ndarray:

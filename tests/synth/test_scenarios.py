@@ -130,7 +130,7 @@ def test_mammo_style_noise_per_domain_is_measured_in_the_air_of_the_images(
         measured[domain] = (np.quantile(air, 0.75) - np.quantile(air, 0.5)) / 0.6745
         assert measured[domain] == pytest.approx(spec.domain(domain).style.noise, rel=0.25), domain
     sources = [d.name for d in spec.domains if d.role == "source" and d.modality == "mammo"]
-    assert measured["hospital_c"] > 1.5 * max(measured[s] for s in sources)  # the far style is outside the range
+    assert measured["hospital_c"] > 1.25 * max(measured[s] for s in sources)  # the far style is outside the range
 
 
 def test_patho_haematoxylin_direction_per_domain_is_measured_in_the_slides(
