@@ -33,18 +33,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from rich.console import Console
 
 from mammopath.errors import ConfigError
+from mammopath.metrics.evaluation import IDENTITY_COLUMNS
 from mammopath.report import atomic_write
 
 log = logging.getLogger(__name__)
 
 #: Columns of the prediction writer's ``predictions.csv``, in order.
 PREDICT_COLUMNS = [
-    "sample_id",
-    "patient_id",
-    "parent_id",
-    "dataset",
-    "modality",
-    "domain",
+    *IDENTITY_COLUMNS,
     "label",
     "score",
     "grade_scheme",

@@ -36,13 +36,10 @@ FIELDS: dict[str, torch.dtype] = {
     "pointing_hit": torch.float64,
 }
 #: Columns of ``predictions.csv``, in order.
+#: The identifying columns every per-sample output starts with (``predictions.csv`` of test and of predict).
+IDENTITY_COLUMNS = ["sample_id", "patient_id", "parent_id", "dataset", "modality", "domain"]
 PREDICTION_COLUMNS = [
-    "sample_id",
-    "patient_id",
-    "parent_id",
-    "dataset",
-    "modality",
-    "domain",
+    *IDENTITY_COLUMNS,
     "role",
     "label",
     "score",

@@ -106,8 +106,13 @@ def test_decoded_cache_gives_the_uncached_samples_without_reading_files_again(ma
         shutil.copy(synth_root / name, tmp_path / name)
     kwargs = {"image_size": 32, "augment": True}
     cached = ManifestDataset(rows, tmp_path, decoded_cache_mb=64, **kwargs)
+
     # the second pass must come from memory: the files are gone
-    second = _two_passes(cached, before_second=lambda: shutil.rmtree(tmp_path / "mammo") or shutil.rmtree(tmp_path / "patho"))
+    def delete_files() -> None:
+        for modality in ("mammo", "patho"):
+            shutil.rmtree(tmp_path / modality)
+
+    second = _two_passes(cached, before_second=delete_files)
     reference = _two_passes(ManifestDataset(rows, synth_root, **kwargs))
     for got, want in zip(second, reference, strict=True):
         torch.testing.assert_close(got["image"], want["image"], atol=0, rtol=0)
