@@ -106,11 +106,19 @@ def data_dir(data_root: Path, scenario: str, generator_seed: int) -> Path:
 def ensure_data(data_root: Path, scenario: str, generator_seed: int, workers: int | None = None,
                 oracle: bool = True) -> Path:  # fmt: skip
     """The scenario's files for this generator seed, written unless already there for this generator version
-    (``oracle``: with the cue-free copies, which only an oracle arm reads)."""
+    (``oracle``: with the cue-free copies, which only an oracle arm reads). Locked while it runs (``<folder>.lock``):
+    a second writer is refused, never let loose on the same files."""
+    from mammopath.locks import exclusive
+
+    out = data_dir(data_root, scenario, generator_seed)
+    with exclusive(out.with_name(out.name + ".lock"), f"the data folder {out}"):
+        return _ensure_data(out, scenario, generator_seed, workers, oracle)
+
+
+def _ensure_data(out: Path, scenario: str, generator_seed: int, workers: int | None, oracle: bool) -> Path:
     from mammopath.synth.scenarios import GENERATOR_VERSION
     from mammopath.synth.suite import write_scenario
 
-    out = data_dir(data_root, scenario, generator_seed)
     truth = out / "truth.json"
     if truth.is_file():
         found = json.loads(truth.read_text())

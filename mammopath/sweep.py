@@ -194,7 +194,19 @@ class Sweep:
             raise ConfigError(f"sweep run failed (exit {code}); its output is in {log_file}")
 
     def execute(self, run: Run) -> None:
-        """Fit (unless the method tests another's checkpoint) and test one run, then mark it done."""
+        """Fit (unless the method tests another's checkpoint) and test one run, then mark it done.
+
+        The run is locked while it executes (``runs/<run>/.lock``, :mod:`mammopath.locks`): a second sweep on the
+        same runs refuses it instead of training it side by side.
+        """
+        from mammopath.locks import exclusive
+
+        with exclusive(Path(self.grid.runs_dir) / run.id / ".lock", f"sweep run {run.id}"):
+            if self.done(run):  # finished by another sweep while this one waited for its turn
+                return
+            self._execute(run)
+
+    def _execute(self, run: Run) -> None:
         out = self.results(run)
         log_file = out / "sweep.log"
         commands = []
