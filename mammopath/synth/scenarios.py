@@ -39,7 +39,7 @@ from typing import Any
 from mammopath.errors import ConfigError
 from mammopath.synth.styles import MammoStyle, PathoStyle
 
-GENERATOR_VERSION = "2.3"
+GENERATOR_VERSION = "2.4"  # 2.3 with calibration ladder step 3's sizes (1.5 × training patients and slides)
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,9 @@ class Domain:
 class Sizes:
     """How much of each domain is written (demo scale: one scenario in about 30 s on 2 cores)."""
 
-    mammo_patients: int = 100  # train + val patients per source hospital (75/25); two views each
+    mammo_patients: int = 150  # train + val patients per source hospital (75/25); two views each (2.0-2.3: 100)
     mammo_test_patients: int = 60  # test patients per hospital (source test split, or a target)
-    slides: int = 24  # train + val slides per source centre
+    slides: int = 36  # train + val slides per source centre (2.0-2.3: 24)
     test_slides: int = 16  # test slides per centre
     grid: int = 4  # cells per slide side: grid² patches of 64 px at 1 µm/px per slide
     label_noise: float = 0.03  # P(appearance != label), both modalities
