@@ -172,3 +172,42 @@ def test_gates_without_runs_are_measured_as_missing_and_fail(tmp_path: Path) -> 
 
     table = gates(str(tmp_path), "calibration")
     assert len(table) == 10 and table["measured"].isna().all() and not table["pass"].any()
+    assert (table["status"] == "not run").all() and (table["seeds"] == "0 of 2").all()
+
+
+def _write_calibration_run(results: Path, generator_seed: int, training_seed: int, arm: str, far: float) -> None:
+    """A finished P calibration run whose sources are ranked perfectly and whose far target has AUROC ``far``."""
+    from mammopath.evidence import predictions_path
+
+    rows = []
+    for domain, role in (("hospital_a", "source"), ("hospital_c", "heldout"), ("centre_1", "source"),
+                         ("centre_3", "heldout")):  # fmt: skip
+        labels = np.r_[np.zeros(50), np.ones(50)].astype(int)
+        # the first k positives score below every negative: AUROC = 1 - k/50
+        k = 0 if role == "source" else round((1 - far) * 50)
+        score = np.r_[np.linspace(0.3, 0.6, 50), np.r_[np.full(k, 0.1), np.full(50 - k, 0.9)]]
+        modality = "mammo" if domain.startswith("hospital") else "patho"
+        for i, (lab, s) in enumerate(zip(labels, score, strict=True)):
+            rows.append({"sample_id": f"{domain}-{i}", "patient_id": f"{domain}-{i}", "modality": modality,
+                         "domain": domain, "role": role, "label": int(lab), "score": float(s)})  # fmt: skip
+    path = predictions_path(str(results), "calibration", CALIBRATION["P"], generator_seed, training_seed, arm)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_a_gate_passes_only_on_the_mean_of_both_calibration_seeds(tmp_path: Path) -> None:
+    from mammopath.evidence import gates
+
+    _write_calibration_run(tmp_path, 901, 1, "oracle", far=0.90)
+    first = gates(str(tmp_path)).set_index(["gate", "modality"])
+    g1 = first.loc[("G1 oracle far target AUROC", "mammo")]
+    assert g1["measured"] == pytest.approx(0.90) and g1["seeds"] == "1 of 2"
+    assert not g1["pass"] and g1["status"] == "passes so far"  # one seed is not the gate
+    assert first.loc[("G3 ERM gap (ID - far), P", "mammo"), "status"] == "not run"
+    _write_calibration_run(tmp_path, 902, 2, "oracle", far=0.78)  # mean 0.84: fails
+    both = gates(str(tmp_path)).set_index(["gate", "modality"]).loc[("G1 oracle far target AUROC", "mammo")]
+    assert both["measured"] == pytest.approx(0.84) and both["seeds"] == "2 of 2"
+    assert not both["pass"] and both["status"] == "fail"
+    _write_calibration_run(tmp_path, 902, 2, "oracle", far=0.86)  # mean 0.88: passes
+    both = gates(str(tmp_path)).set_index(["gate", "modality"]).loc[("G1 oracle far target AUROC", "mammo")]
+    assert both["measured"] == pytest.approx(0.88) and both["pass"] and both["status"] == "pass"
