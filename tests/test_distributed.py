@@ -67,6 +67,7 @@ def evaluate(synth_root: Path, out: Path, ckpt: Path, *extra: str) -> tuple[pd.D
     return predictions, metrics
 
 
+@pytest.mark.slow  # four launches of the CLI (about 2 min); CI runs it (.ci/run)
 def test_ddp_fit_then_test_with_2_and_3_processes_equals_one(synth_root: Path, tmp_path: Path) -> None:
     ddp = ["--config", str(REPO / "experiments/strategies/ddp.yaml")]
     # fit under DDP (2 gloo processes), with the slide-grouped sampler giving each rank its share

@@ -25,6 +25,7 @@ def _plant_slide_canary(data: Path) -> None:
         write_pyramid_tiff(path, rgb, mpp=0.5, tile=128, description=f"Aperio {CANARY} |Patient={CANARY}^SLIDE")
 
 
+@pytest.mark.slow  # fit, test and predict through the CLI (about 2 min); CI runs it (.ci/run)
 def test_dicom_header_values_never_reach_outputs(
     synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:

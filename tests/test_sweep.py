@@ -38,6 +38,7 @@ def _grid(tmp_path: Path, synth_root: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # six launches of the CLI (about 2 min); CI runs it (.ci/run)
 def test_sweep_runs_skips_and_summarizes(synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # runs/ and results/ of the grid land here
     path = _grid(tmp_path, synth_root)
