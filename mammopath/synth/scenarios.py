@@ -39,7 +39,8 @@ from typing import Any
 from mammopath.errors import ConfigError
 from mammopath.synth.styles import MammoStyle, PathoStyle
 
-GENERATOR_VERSION = "2.4"  # 2.3 with calibration ladder step 3's sizes (1.5 × training patients and slides)
+#: 2.5: 2.4 (ladder step 3: 1.5 × training sizes) with half of a tumour patch irregular (amendment 4)
+GENERATOR_VERSION = "2.5"
 
 
 @dataclass(frozen=True)
