@@ -67,10 +67,10 @@ def mammo_style_jitter(images: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def rgb_to_hed(images: Tensor) -> Tensor:
-    """RGB [0, 1] → stain concentrations (H, E, D), scikit-image's ``rgb2hed`` convention."""
+    """RGB [0, 1] → stain concentrations (H, E, D): scikit-image's ``rgb2hed`` scaling, without its clip at 0."""
     od = torch.log(images.clamp_min(1e-6)) / _LOG_ADJUST  # [B, 3, H, W], >= 0
     hed_from_rgb = torch.linalg.inv(RGB_FROM_HED).to(images)
-    return torch.einsum("bchw,cs->bshw", od, hed_from_rgb).clamp_min(0.0)
+    return torch.einsum("bchw,cs->bshw", od, hed_from_rgb)  # unclipped, so the jitter inverts exactly at σ = 0
 
 
 def hed_to_rgb(stains: Tensor) -> Tensor:

@@ -189,7 +189,10 @@ def _adapting() -> dict[str, Any]:
     [
         (lambda: TENT(lr=0.05), lambda: None),
         (lambda: CausalTTA(k=0, trim=False, **_adapting()), lambda: None),
-        (lambda: CausalTTA(k=3, seed=4, trim=False, **_adapting()), lambda: CausalTTA(k=3, seed=4, update=False, trim=False)),
+        (
+            lambda: CausalTTA(k=3, seed=4, trim=False, **_adapting()),
+            lambda: CausalTTA(k=3, seed=4, update=False, trim=False),
+        ),
         (lambda: CausalTTA(k=3, seed=4, **_adapting()), lambda: CausalTTA(k=3, seed=4, update=False)),
     ],
     ids=["tent", "causal_tta_update", "causal_tta_marginalized_update", "causal_tta_all_three"],

@@ -66,7 +66,9 @@ def test_reliability_and_collapse_thresholds_are_fractions_of_ln_c(classes: int)
     if classes == 1000:  # SAR's own numbers on ImageNet
         assert tta.guard.collapse == pytest.approx(0.2) and tta.guard.e0 == pytest.approx(2.763, abs=1e-3)
     if classes == 2:  # binary: E0 0.277, collapse 0.020 (not 0.2, which sat below E0)
-        assert tta.guard.e0 == pytest.approx(0.2773, abs=1e-4) and tta.guard.collapse == pytest.approx(0.02007, abs=1e-5)
+        assert tta.guard.e0 == pytest.approx(0.2773, abs=1e-4) and tta.guard.collapse == pytest.approx(
+            0.02007, abs=1e-5
+        )
 
 
 def test_defaults_are_the_algorithm_s_sam_and_deyo_and_bad_arguments_are_named() -> None:
@@ -82,46 +84,42 @@ def test_defaults_are_the_algorithm_s_sam_and_deyo_and_bad_arguments_are_named()
 
 
 # -- the guarded update -------------------------------------------------------------------------------------------
-def _position_images(n: int, g: torch.Generator, contrast: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A bright 8 x 8 square on noise, in the top half (label 1) or the bottom half (label 0): shape, not style."""
-    images = 0.2 * torch.rand(n, 1, 32, 32, generator=g)
-    labels = torch.randint(0, 2, (n,), generator=g)
+def _square_images(n: int, g: torch.Generator, contrast: float = 1.0) -> torch.Tensor:
+    """A bright 8 x 8 square, aligned with the patch grid, on faint noise."""
+    images = 0.1 * torch.rand(n, 1, 32, 32, generator=g)
     for i in range(n):
-        row = int(torch.randint(0, 2, (1,), generator=g)) * 8 + (0 if labels[i] == 1 else 16)
-        col = int(torch.randint(0, 4, (1,), generator=g)) * 8
-        images[i, 0, row : row + 8, col : col + 8] += 0.8 * contrast
-    return images.clamp(0, 1), labels
+        row, col = (int(v) * 8 for v in torch.randint(0, 4, (2,), generator=g))
+        images[i, 0, row : row + 8, col : col + 8] += 0.9 * contrast
+    return images
 
 
 @pytest.fixture(scope="module")
-def trained() -> MammoPathModule:
-    """A tiny module that learned where the square is (so it is confident, and a patch shuffle undoes it)."""
+def confident() -> MammoPathModule:
+    """A module whose score depends on where the square is, with logits of spread 4: some samples are confident
+    (entropy < E0) and lose confidence when patch-shuffled (PLPD > 0.2), as a trained model's reliable samples do.
+    (Strong position and patch embeddings and a rescaled head stand in for training, which this tiny ViT does
+    slowly.)"""
     torch.manual_seed(0)
-    module = MammoPathModule(img_size=32, model_kwargs=TINY, freeze="full", style_bank_size=8)
-    module.requires_grad_(True)
-    optimizer = torch.optim.Adam(module.parameters(), lr=2e-3)
+    module = MammoPathModule(img_size=32, model_kwargs=TINY, freeze="full", style_bank_size=8).eval()
+    vit, fc = module.encoder.vit, module.classifier.fc
     g = torch.Generator().manual_seed(0)
-    module.train()
-    for _ in range(150):
-        images, labels = _position_images(32, g)
-        loss = F.binary_cross_entropy_with_logits(module(images, "mammo")["cls_logit"], labels.float())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    module.requires_grad_(False)
-    return module.eval()
+    with torch.no_grad():
+        vit.pos_embed.copy_(3.0 * torch.randn(vit.pos_embed.shape, generator=g))
+        vit.patch_embed.proj.weight.mul_(10.0)
+        logit = module(_square_images(64, g), "mammo")["cls_logit"]
+        scale = 4.0 / logit.std()
+        fc.bias.copy_((fc.bias - logit.mean()) * scale)
+        fc.weight.mul_(scale)
+    return module
 
 
 def _shifted_stream(n: int) -> list[dict[str, Any]]:
     g = torch.Generator().manual_seed(7)  # the target hospital: lower contrast
-    return [
-        {"image": _position_images(16, g, contrast=0.7)[0], "domain": ["t"] * 16, "modality": ["mammo"] * 16}
-        for _ in range(n)
-    ]
+    return [{"image": _square_images(16, g, 0.8), "domain": ["t"] * 16, "modality": ["mammo"] * 16} for _ in range(n)]
 
 
-def test_the_guarded_update_steps_on_reliable_samples_and_is_not_reset_after_every_step(trained) -> None:
-    module, stream = trained, _shifted_stream(6)
+def test_the_guarded_update_steps_on_reliable_samples_and_is_not_reset_after_every_step(confident) -> None:
+    module, stream = confident, _shifted_stream(6)
     source = _layernorms(module)
     tta = CausalTTA(marginalize=False, trim=False, update=True, update_blocks=2)  # the guard's defaults
     tta._start(module)
@@ -158,7 +156,7 @@ def test_trimming_removes_a_planted_nuisance_direction_as_an_independent_svd_fin
         expected = z[i].numpy() - (z[i].numpy() @ v) * v
         np.testing.assert_allclose(trimmed[i].numpy(), expected, atol=1e-9)
         assert abs(float(directions[i, 0] @ nuisance)) == pytest.approx(1.0, abs=1e-5)  # the planted direction
-    assert float((trimmed @ nuisance).abs().max()) < 1e-3  # nothing of it is left
+    assert float((trimmed @ nuisance).abs().max()) < 1e-2  # nothing of it is left (up to the 1e-3 noise)
     assert torch.allclose(trim(z, nuisance_directions(z, augmented, m=0)), z)  # m = 0 trims nothing
     still = nuisance_directions(z, z[:, None].expand(b, a, d).clone(), m=2)  # augmentations that change nothing
     assert torch.equal(trim(z, still), z)
@@ -200,7 +198,9 @@ def test_style_augmentations_change_acquisition_only_and_are_seeded() -> None:
     rgb = 0.2 + 0.7 * torch.rand(2, 3, 16, 16, generator=g)
     assert torch.allclose(hed_jitter(rgb, torch.Generator().manual_seed(1), sigma=0.0), rgb, atol=1e-5)
     jittered = hed_jitter(rgb, torch.Generator().manual_seed(1))
-    assert jittered.shape == rgb.shape and not torch.allclose(jittered, rgb) and bool((jittered - rgb).abs().max() < 0.3)
+    assert (
+        jittered.shape == rgb.shape and not torch.allclose(jittered, rgb) and bool((jittered - rgb).abs().max() < 0.3)
+    )
     gray = torch.rand(2, 1, 16, 16, generator=g)
     first = mammo_style_jitter(gray, torch.Generator().manual_seed(5))
     assert torch.equal(first, mammo_style_jitter(gray, torch.Generator().manual_seed(5)))
