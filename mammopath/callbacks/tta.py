@@ -12,11 +12,9 @@ Both plug into the module's one documented hook for inference-time callbacks,
    (``reset: domain``, the default: episodic per domain), so no adaptation crosses from one hospital to
    the next. Evaluation batches never straddle two domains (the datamodule groups them).
 
-The source weights are snapshotted when test starts and restored when it ends: a test run leaves the
-model exactly as it found it. Both need ``trainer.inference_mode: false`` (gradients, and interventions
-on tokens, need tensors that are not inference tensors) and refuse to start otherwise. Random draws
-(styles, augmentations, patch shuffles) come from generators seeded by (``seed``, purpose, position of the
-batch in its domain's stream): reproducible, and the same for a domain whatever came before it.
+The source weights are snapshotted at test start and restored at the end. Both need
+``trainer.inference_mode: false`` and refuse to start otherwise. Random draws come from generators seeded by
+(``seed``, purpose, position of the batch in its domain's stream): reproducible, whatever came before.
 
 **CausalTTA** (algorithms.md §4.6) has three components, each switched by an init argument:
 
@@ -29,11 +27,8 @@ batch in its domain's stream): reproducible, and the same for a domain whatever 
   prototype, with a running sample-weighted prototype average (:mod:`mammopath.callbacks.tta_trim`);
 - ``update``: the guarded LayerNorm update (SAR + DeYO, :mod:`mammopath.callbacks.tta_guard`).
 
-**TENT** (Wang et al. 2021): entropy minimization on every sample, LayerNorm affine of every block,
-online, with the same reset rules; the prediction is the plain one (before the step), as in TENT's code.
-
-The marginalization, the trimming and TENT change the malignancy score; heatmaps, grades and extra
-class outputs stay the factual ones.
+**TENT** (Wang et al. 2021): entropy minimization, LayerNorm affine of every block, online, the same reset
+rules; the prediction is the one before the step. Only the malignancy score changes; heatmaps and grades don't.
 """
 
 from __future__ import annotations
@@ -303,19 +298,19 @@ class CausalTTA(TestTimeAdaptation):
         stages: list[str] | None = None,
     ) -> None:
         super().__init__(update, lr, steps, update_blocks, update_adapters, reset, stages, seed)
-        problems = [
-            f"k must be >= 0 (got {k})" if k < 0 else "",
-            f"beta must be in [0, 1] (got {beta})" if not 0.0 <= beta <= 1.0 else "",
-            f"style_spread must be >= 0 (got {style_spread})" if style_spread < 0 else "",
-            f"trim_augmentations must be >= 1 (got {trim_augmentations})" if trim_augmentations < 1 else "",
-            f"trim_directions must be in [0, trim_augmentations={trim_augmentations}] (got {trim_directions})"
-            if not 0 <= trim_directions <= max(trim_augmentations, 0) else "",
-            f"num_classes must be >= 2 (got {num_classes})" if num_classes < 2 else "",
-            f"entropy_margin must be > 0 (got {entropy_margin})" if entropy_margin <= 0 else "",
-            f"sam_rho must be >= 0 (got {sam_rho})" if sam_rho < 0 else "",
-            f"collapse_margin must be >= 0 (got {collapse_margin})" if collapse_margin < 0 else "",
-        ]  # fmt: skip
-        problems = [p for p in problems if p]
+        checks = {
+            f"k must be >= 0 (got {k})": k < 0,
+            f"beta must be in [0, 1] (got {beta})": not 0.0 <= beta <= 1.0,
+            f"style_spread must be >= 0 (got {style_spread})": style_spread < 0,
+            f"trim_augmentations must be >= 1 (got {trim_augmentations})": trim_augmentations < 1,
+            f"trim_directions must be in [0, trim_augmentations={trim_augmentations}] (got {trim_directions})":
+                not 0 <= trim_directions <= trim_augmentations,
+            f"num_classes must be >= 2 (got {num_classes})": num_classes < 2,
+            f"entropy_margin must be > 0 (got {entropy_margin})": entropy_margin <= 0,
+            f"sam_rho must be >= 0 (got {sam_rho})": sam_rho < 0,
+            f"collapse_margin must be >= 0 (got {collapse_margin})": collapse_margin < 0,
+        }  # fmt: skip
+        problems = [message for message, bad in checks.items() if bad]
         if problems:
             raise ConfigError("CausalTTA: " + "; ".join(problems))
         self.marginalize, self.k, self.beta, self.style_spread = marginalize, k, beta, style_spread
