@@ -6,7 +6,7 @@ intervention after the first l of them and K styles, a batch costs at least ``1 
 backward (about two forwards) and the patch-shuffled forward of the reliability filter, and SAM's second forward
 and backward: ``floor + 7`` forwards. Causal trimming alone costs a forward per style-only augmentation:
 ``1 + A``. The ratio reported is measured time / plain time, and the target is measured / floor ≤ 1.25.
-The trimming's own arithmetic (per-sample SVD of the feature deltas, projections of features and prototype,
+The trimming's own arithmetic (per-sample SVD of the centred feature set, projections of features and prototype,
 the running prototype average) is also timed against the raw torch ops doing the same projection.
 """
 
@@ -134,12 +134,13 @@ def trim_cost(
     fc = module.classifier.fc  # type: ignore[attr-defined]
 
     def ours() -> object:
-        return trimmer.logit_fn(module, features, augmented)(features)
+        return trimmer.score(module, features, augmented)(features)
 
     mean, count = [None], [0]
 
-    def raw() -> object:  # the same projection in raw torch: SVD of the deltas, projections, running average
-        _, _, vh = torch.linalg.svd((augmented - features[:, None]).double(), full_matrices=False)
+    def raw() -> object:  # the same projection in raw torch: SVD of the centred set, projections, running average
+        points = torch.cat([features[:, None], augmented], dim=1).double()
+        _, _, vh = torch.linalg.svd(points - points.mean(dim=1, keepdim=True), full_matrices=False)
         v = vh[:, :directions].to(features.dtype)
         w = fc.weight[:1].expand(batch, -1)
         own = w - torch.einsum("bm,bmd->bd", torch.einsum("bd,bmd->bm", w, v), v)

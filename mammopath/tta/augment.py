@@ -5,17 +5,23 @@ they move are non-causal (TACT, Liu et al., NeurIPS 2025):
 
 - mammography (:func:`mammo_style_jitter`): gamma, contrast about the image mean, Gaussian noise and
   Gaussian blur, with per-image strengths drawn uniformly from :data:`MAMMO_RANGES`;
-- H&E (:func:`hed_jitter`): stain jitter in HED optical-density space (Ruifrok & Johnston's matrix, the
-  scaling of scikit-image's ``rgb2hed``): every stain channel s ← α s + β with α ~ U(1 − σ, 1 + σ) and
-  β ~ U(−σ, σ), σ = 0.05 (Tellez et al. 2018; TACT's Camelyon17 augmentation).
+- H&E (:func:`hed_jitter`): TACT's Camelyon17 stain jitter (Tellez et al. 2018), in TACT's units: stain
+  concentrations S = −ln(255 · P + ε) · M⁻¹ per pixel (P the RGB value in [0, 1], ε = 1e-6, M Ruifrok &
+  Johnston's stain matrix; natural-log optical density of 8-bit intensities), every stain channel
+  S ← α S + β with α ~ U(1 − σ, 1 + σ), β ~ U(−σ, σ), σ = 0.05, back with P = (exp(−S · M) − ε) / 255,
+  clipped to [0, 1] (:func:`stain_jitter` is that map for given α, β).
 
-Images are ``[B, C, H, W]`` in [0, 1] (the module normalizes after); outputs stay in [0, 1]. All randomness
-comes from the given generator (CPU), so a seeded generator gives the same augmentations on any device.
+Images are ``[B, C, H, W]`` in [0, 1] (the module normalizes after); outputs stay in [0, 1]. Every image has
+its own generator (one per sample, :meth:`~mammopath.callbacks.tta.TestTimeAdaptation.sample_generators`),
+so an image's augmentation never depends on its batch-mates. Strengths are drawn on the CPU from that
+generator; the mammography noise is drawn on the images' device from a generator of that device seeded by
+it (no full-resolution copy per augmentation): reproducible on a given device type, not across CPU and GPU.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,76 +31,94 @@ from mammopath.errors import ConfigError
 
 #: Per-image strengths (uniform ranges) of the mammography jitter: log-gamma, contrast, noise std, blur sigma (px).
 MAMMO_RANGES = {"log_gamma": (-0.3, 0.3), "contrast": (0.8, 1.2), "noise": (0.0, 0.02), "blur": (0.0, 1.0)}
-#: Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB) in RGB optical density.
+#: Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB) in RGB optical density (TACT's M).
 RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
-_LOG_ADJUST = math.log(1e-6)  # scikit-image's scaling of optical density
+#: TACT's ε inside the logarithm of 8-bit intensities.
+STAIN_EPS = 1e-6
 
 
-def _uniform(shape: tuple[int, ...], bounds: tuple[float, float], generator: torch.Generator) -> Tensor:
+def _uniform(bounds: tuple[float, float], generator: torch.Generator, n: int = 1) -> Tensor:
     low, high = bounds
-    return low + (high - low) * torch.rand(shape, generator=generator)
+    return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def _blur(images: Tensor, sigma: Tensor) -> Tensor:
-    """Separable Gaussian blur with one sigma per image (sigma 0: unchanged)."""
-    radius = max(1, math.ceil(3 * float(sigma.max())))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    s = sigma.to(images).clamp_min(1e-3).view(-1, 1)
-    kernel = torch.exp(-(x**2) / (2 * s**2))
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # [B, K]
-    b, c, h, w = images.shape
-    flat = images.reshape(1, b * c, h, w)
-    k = kernel.repeat_interleave(c, dim=0)  # [B·C, K]
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), k.view(b * c, 1, 1, -1), groups=b * c)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), k.view(b * c, 1, -1, 1), groups=b * c)
-    out = flat.reshape(b, c, h, w)
-    return torch.where((sigma.to(images.device) > 1e-3).view(-1, 1, 1, 1), out, images)
+def _check(images: Tensor, generators: Sequence[torch.Generator]) -> None:
+    if images.ndim != 4 or len(generators) != images.shape[0]:
+        raise ConfigError(f"style augmentation needs images [B, C, H, W] and one generator per image; got shape "
+                          f"{tuple(images.shape)} and {len(generators)} generators")  # fmt: skip
 
 
-def mammo_style_jitter(images: Tensor, generator: torch.Generator) -> Tensor:
+def _blur_one(image: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of one image ``[C, H, W]`` (radius from its own sigma; sigma ≤ 1e-3: unchanged)."""
+    if sigma <= 1e-3:
+        return image
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = image.shape[0]
+    flat = image[None]
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+                    groups=c)  # fmt: skip
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1),
+                    groups=c)  # fmt: skip
+    return flat[0]
+
+
+def _device_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator) -> Tensor:
+    """Standard normal noise drawn on ``like``'s device from a generator of that device seeded by ``generator``."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    device_generator = torch.Generator(device=like.device).manual_seed(seed)
+    return torch.randn(shape, generator=device_generator, device=like.device, dtype=like.dtype)
+
+
+def mammo_style_jitter(images: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
     """A mammogram re-acquired: blur, then contrast about the mean, gamma, and noise (strengths per image)."""
-    b = images.shape[0]
+    _check(images, generators)
     r = MAMMO_RANGES
-    gamma = torch.exp(_uniform((b,), r["log_gamma"], generator)).to(images).view(b, 1, 1, 1)
-    contrast = _uniform((b,), r["contrast"], generator).to(images).view(b, 1, 1, 1)
-    noise_std = _uniform((b,), r["noise"], generator).to(images).view(b, 1, 1, 1)
-    blur = _uniform((b,), r["blur"], generator)
-    noise = torch.randn(images.shape, generator=generator).to(images)
-    out = _blur(images, blur)
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = ((out - mean) * contrast + mean).clamp(0.0, 1.0) ** gamma
-    return (out + noise_std * noise).clamp(0.0, 1.0)
+    out = []
+    for image, g in zip(images, generators, strict=True):
+        gamma = math.exp(float(_uniform(r["log_gamma"], g)))
+        contrast, noise_std, blur = (float(_uniform(r[k], g)) for k in ("contrast", "noise", "blur"))
+        x = _blur_one(image, blur)
+        mean = x.mean()
+        x = ((x - mean) * contrast + mean).clamp(0.0, 1.0) ** gamma
+        out.append((x + noise_std * _device_normal(tuple(image.shape), image, g)).clamp(0.0, 1.0))
+    return torch.stack(out)
 
 
-def rgb_to_hed(images: Tensor) -> Tensor:
-    """RGB [0, 1] → stain concentrations (H, E, D): scikit-image's ``rgb2hed`` scaling, without its clip at 0."""
-    od = torch.log(images.clamp_min(1e-6)) / _LOG_ADJUST  # [B, 3, H, W], >= 0
-    hed_from_rgb = torch.linalg.inv(RGB_FROM_HED).to(images)
-    return torch.einsum("bchw,cs->bshw", od, hed_from_rgb)  # unclipped, so the jitter inverts exactly at σ = 0
+def stain_jitter(images: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """TACT's stain map for given ``alpha``, ``beta`` ``[B, 3]``: S = −ln(255 P + ε) M⁻¹, S ← αS + β, back to RGB."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ConfigError(f"H&E stain jitter needs RGB images [B, 3, H, W]; got shape {tuple(images.shape)}")
+    m = RGB_FROM_HED.to(images)
+    stains = -torch.einsum("bchw,cs->bshw", torch.log(255.0 * images + STAIN_EPS), torch.linalg.inv(m))
+    stains = stains * alpha.to(images).view(-1, 3, 1, 1) + beta.to(images).view(-1, 3, 1, 1)
+    rgb = torch.exp(-torch.einsum("bshw,sc->bchw", stains, m)) - STAIN_EPS
+    return (rgb / 255.0).clamp(0.0, 1.0)
 
 
-def hed_to_rgb(stains: Tensor) -> Tensor:
-    """Stain concentrations → RGB [0, 1] (inverse of :func:`rgb_to_hed` where nothing was clipped)."""
-    od = torch.einsum("bshw,sc->bchw", stains, RGB_FROM_HED.to(stains))
-    return torch.exp(od * _LOG_ADJUST).clamp(0.0, 1.0)
-
-
-def hed_jitter(images: Tensor, generator: torch.Generator, sigma: float = 0.05) -> Tensor:
-    """H&E stain jitter: per image and stain channel s ← α s + β, α ~ U(1−σ, 1+σ), β ~ U(−σ, σ)."""
+def hed_jitter(images: Tensor, generators: Sequence[torch.Generator], sigma: float = 0.05) -> Tensor:
+    """H&E stain jitter (TACT's): per image and stain channel S ← α S + β, α ~ U(1−σ, 1+σ), β ~ U(−σ, σ)."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ConfigError(f"H&E stain jitter needs RGB images [B, 3, H, W]; got shape {tuple(images.shape)}")
     if sigma < 0:
         raise ConfigError(f"hed_jitter sigma must be >= 0; got {sigma}")
-    b = images.shape[0]
-    alpha = _uniform((b, 3), (1 - sigma, 1 + sigma), generator).to(images).view(b, 3, 1, 1)
-    beta = _uniform((b, 3), (-sigma, sigma), generator).to(images).view(b, 3, 1, 1)
-    return hed_to_rgb(rgb_to_hed(images) * alpha + beta)
+    _check(images, generators)
+    draws = [(_uniform((1 - sigma, 1 + sigma), g, 3), _uniform((-sigma, sigma), g, 3)) for g in generators]
+    alpha = torch.stack([a for a, _ in draws])
+    beta = torch.stack([b for _, b in draws])
+    return stain_jitter(images, alpha, beta)
 
 
-def style_augment(images: Tensor, modality: str, generator: torch.Generator) -> Tensor:
-    """The modality's style-only augmentation: mammography jitter, or H&E stain jitter (σ 0.05)."""
+def style_augment(images: Tensor, modality: str, generators: Sequence[torch.Generator]) -> Tensor:
+    """The modality's style-only augmentation (one generator per image): mammography jitter or H&E stain jitter."""
     if modality == "mammo":
-        return mammo_style_jitter(images, generator)
+        return mammo_style_jitter(images, generators)
     if modality == "patho":
-        return hed_jitter(images, generator)
-    raise ConfigError(f"no style-only augmentation for modality {modality!r}; known: 'mammo', 'patho'")
+        return hed_jitter(images, generators)
+    raise ConfigError(f"no style-only augmentation for modality {modality!r}; known: {sorted(STYLE_MODALITIES)}")
+
+
+#: The modalities with a style-only augmentation (causal trimming needs one).
+STYLE_MODALITIES = ("mammo", "patho")

@@ -1,13 +1,13 @@
 """Causal trimming (TACT, Liu et al., NeurIPS 2025; algorithms.md §4.6 step 2) as plain tensor functions.
 
-For each test sample, the features of ``A`` style-only augmentations of it differ from its own features
-along non-causal (acquisition) directions. The top-m right singular vectors of those deltas,
-``z(aug_a(x)) − z(x)``, are the sample's nuisance directions V (TACT centres the augmented set on its mean
-instead of on the factual sample; both span the same directions when the augmentation is what moves the
-features). The sample's features are trimmed, z ← z − Vᵀ(V z), and so is the head's prototype (for the
-binary malignancy logit, its weight row w); the prediction uses a running, sample-count-weighted average
-of the trimmed prototypes (:class:`PrototypeAverage`). Directions with a zero singular value (an
-augmentation that changes nothing) are not trimmed.
+For each test sample, its own features z and the features of ``A`` style-only augmentations of it form a set
+of 1 + A points; as TACT's ``get_PCs`` does, the set is centred on its mean (per sample) and its top-m
+principal directions V (right singular vectors of the centred set, the eigenvectors of its scatter matrix)
+are the sample's nuisance (acquisition) directions. The sample's features are trimmed, z ← z − Vᵀ(V z), and
+so is the head's prototype (for the binary malignancy logit, its weight row w); the prediction uses a
+running, sample-count-weighted average of the trimmed prototypes (:class:`PrototypeAverage`). Directions
+with a zero singular value (augmentations that change nothing) are not trimmed. The decomposition runs in
+double precision, on the CPU for Apple MPS (which has no float64).
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from torch import Tensor
 from mammopath.errors import ConfigError
 
 
+def linalg_device(device: torch.device) -> torch.device:
+    """Where the double-precision SVD runs: the features' device, or the CPU for MPS (no float64 there)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def nuisance_directions(features: Tensor, augmented: Tensor, m: int, rtol: float = 1e-6) -> Tensor:
-    """The top-``m`` principal directions of each sample's feature deltas, ``[B, m, D]`` (rows orthonormal or 0).
+    """The top-``m`` principal directions of each sample's centred set {z, z(aug_1), …}, ``[B, m, D]`` (rows
+    orthonormal or 0).
 
     Args:
         features: factual features ``[B, D]``.
@@ -32,10 +38,11 @@ def nuisance_directions(features: Tensor, augmented: Tensor, m: int, rtol: float
                           f"{tuple(features.shape)}; got {tuple(augmented.shape)}")  # fmt: skip
     if not 0 <= m <= augmented.shape[1]:
         raise ConfigError(f"nuisance_directions: m must be in [0, A={augmented.shape[1]}]; got {m}")
-    deltas = (augmented - features[:, None]).double()
-    _, s, vh = torch.linalg.svd(deltas, full_matrices=False)  # singular values in descending order
+    points = torch.cat([features[:, None], augmented], dim=1).to(linalg_device(features.device)).double()
+    centred = points - points.mean(dim=1, keepdim=True)  # TACT's get_PCs: the set about its own mean
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)  # singular values in descending order
     keep = s[:, :m] > rtol * s[:, :1].clamp_min(torch.finfo(s.dtype).tiny)
-    return (vh[:, :m] * keep[..., None]).to(features.dtype)
+    return (vh[:, :m] * keep[..., None]).to(device=features.device, dtype=features.dtype)
 
 
 def trim(x: Tensor, directions: Tensor) -> Tensor:
