@@ -46,19 +46,23 @@ def record_styles(module: Any, images: torch.Tensor, modality: str) -> tuple[tor
 class StyleBank(L.Callback):
     """Fill ``module.style_bank`` with class-balanced source styles (every validation epoch, and before fit ends).
 
+    Arguments are keyword-only (an old positional call fails instead of changing meaning).
+
     Args:
         images_per_class: labelled training images of each class recorded per source domain.
         batch_size: images per recording forward.
         seed: seed of the choice of images.
     """
 
-    def __init__(self, images_per_class: int = 16, batch_size: int = 32, seed: int = 0) -> None:
+    def __init__(self, *, images_per_class: int = 16, batch_size: int = 32, seed: int = 0) -> None:
         super().__init__()
         if images_per_class < 2:
             raise ConfigError(f"StyleBank.images_per_class must be >= 2 (a spread needs two images); "
                               f"got {images_per_class}")  # fmt: skip
         if batch_size < 1:
             raise ConfigError(f"StyleBank.batch_size must be >= 1; got {batch_size}")
+        if seed < 0:
+            raise ConfigError(f"StyleBank.seed must be >= 0 (it seeds numpy's generator); got {seed}")
         self.images_per_class, self.batch_size, self.seed = images_per_class, batch_size, seed
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

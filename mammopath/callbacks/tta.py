@@ -1,30 +1,21 @@
 """Test-time adaptation at an unseen hospital: `CausalTTA` and the `TENT` baseline.
 
-Both plug into the module's one documented hook for inference-time callbacks,
-``register_prediction_transform``: for every test (or predict) batch they
-
-1. **predict first**, with the state adapted on past batches only (the stream is causal in time: a
-   batch never influences its own prediction or an earlier one);
-2. then optionally **adapt** on it, with their own small optimizer over declared parameters only
-   (LayerNorm affine of the lower blocks, optionally the modality's adapters), under
-   ``torch.enable_grad()``;
+Both plug into the module's hook ``register_prediction_transform``: for every test (or predict) batch they
+1. **predict first**, with the state adapted on past batches only (causal in time);
+2. then optionally **adapt** on it, with their own small optimizer over declared parameters only (LayerNorm
+   affine of the lower blocks, optionally the modality's adapters), under ``torch.enable_grad()``;
 3. **reset** to the source weights whenever the target domain (or the modality) of the stream changes
-   (``reset: domain``, the default: episodic per domain), so no adaptation crosses from one hospital to
-   the next. Evaluation batches never straddle two domains (the datamodule groups them).
+   (``reset: domain``, the default), so no adaptation crosses from one hospital to the next.
 
 The source weights are snapshotted at test start and restored at the end. Both need
-``trainer.inference_mode: false`` and refuse to start otherwise. Random draws come from generators seeded by
-(``seed``, purpose, position of the batch in its domain's stream): reproducible, whatever came before.
+``trainer.inference_mode: false`` and refuse to start otherwise. Random draws come from generators keyed by
+(``seed``, purpose, domain, position in the domain's stream[, sample]) (:mod:`mammopath.tta.seeding`).
 
 **CausalTTA** (algorithms.md §4.6) has three components, each switched by an init argument:
 
-- ``marginalize``: the backdoor-adjusted ``p(y | do(x)) ≈ β · p(y | h) + (1 − β) · mean_k p(y | h
-  re-styled with source style k)``; the tokens after the style-bank layer are re-rendered with K styles
-  drawn afresh for every batch from the module's class-balanced style bank (domains drawn uniformly, the
-  source style prior) and only the later blocks are re-run;
-- ``trim``: causal trimming (TACT, :mod:`mammopath.tta.trim`): the top-m directions in which style-only
-  augmentations move each sample's features are projected out of its features and of the head's
-  prototype, with a running sample-weighted prototype average (:mod:`mammopath.callbacks.tta_trim`);
+- ``marginalize``: the backdoor adjustment over K source styles drawn afresh for every batch from the
+  class-balanced style bank (:mod:`mammopath.tta.marginalize`);
+- ``trim`` (off by default): causal trimming (TACT, :mod:`mammopath.callbacks.tta_trim`);
 - ``update``: the guarded LayerNorm update (SAR + DeYO, :mod:`mammopath.callbacks.tta_guard`).
 
 **TENT** (Wang et al. 2021): entropy minimization, LayerNorm affine of every block, online, the same reset
@@ -38,15 +29,15 @@ import logging
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mammopath.callbacks.tta_guard import GuardedUpdate
 from mammopath.callbacks.tta_trim import Trimmer
-from mammopath.dg.mixstyle import restyle
-from mammopath.errors import ConfigError
+from mammopath.errors import ConfigError, MammopathError
 from mammopath.tta.guard import SAR_COLLAPSE_MARGIN, SAR_ENTROPY_MARGIN, binary_entropy, patch_shuffle
+from mammopath.tta.marginalize import marginalized_logit
+from mammopath.tta.seeding import sample_keys, seeded_generator
 
 __all__ = ["TENT", "CausalTTA", "TestTimeAdaptation", "binary_entropy", "patch_shuffle"]
 
@@ -96,12 +87,15 @@ class TestTimeAdaptation(L.Callback):
             raise ConfigError(f"{name} needs lr > 0 and steps >= 1; got lr={lr}, steps={steps}")
         if update_blocks is not None and update_blocks < 0:
             raise ConfigError(f"{name}.update_blocks must be >= 0 or null (every block); got {update_blocks}")
+        if seed < 0:
+            raise ConfigError(f"{name}.seed must be >= 0 (it seeds numpy's SeedSequence); got {seed}")
         self.update, self.lr, self.steps = update, lr, steps
         self.update_blocks, self.update_adapters, self.reset_mode = update_blocks, update_adapters, reset
         self.stages = tuple(stages or ("test", "predict"))
         self.seed = seed
         self._source: dict[str, Tensor] | None = None
         self._stream: tuple[str, str] | None = None
+        self._domain = ""  # the current stream's domain (part of every generator's key)
         self._position = 0  # batches of the current (modality, domain) stream seen so far
         self._optimizer: torch.optim.Optimizer | None = None
         self.resets = 0
@@ -157,10 +151,13 @@ class TestTimeAdaptation(L.Callback):
     on_predict_start = on_test_start
     on_predict_end = on_test_end
 
-    def generator(self, purpose: int) -> torch.Generator:
-        """A generator seeded by (seed, purpose, position of this batch in its domain's stream)."""
-        state = np.random.SeedSequence([self.seed, purpose, self._position]).generate_state(2, np.uint32)
-        return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    def generator(self, purpose: int, sample: int | None = None) -> torch.Generator:
+        """This batch's generator for ``purpose`` (:func:`~mammopath.tta.seeding.seeded_generator`)."""
+        return seeded_generator(self.seed, purpose, self._domain, self._position, sample)
+
+    def sample_generators(self, purpose: int, batch: dict[str, Any]) -> list[torch.Generator]:
+        """One generator per image of the batch (keyed by :func:`~mammopath.tta.seeding.sample_keys`)."""
+        return [self.generator(purpose, key) for key in sample_keys(batch)]
 
     # -- parameters ------------------------------------------------------------------------------
     def parameters(self, pl_module: Any, modality: str) -> list[nn.Parameter]:
@@ -199,6 +196,7 @@ class TestTimeAdaptation(L.Callback):
             self._start(pl_module)
         if stream != self._stream:
             self._position = 0
+        self._domain = stream[1]
         if (
             self._stream is None
             or self.reset_mode == "batch"
@@ -231,10 +229,7 @@ class TestTimeAdaptation(L.Callback):
 
 
 class TENT(TestTimeAdaptation):
-    """TENT baseline: entropy minimization of the malignancy output, LayerNorm affine of every block, online.
-
-    Args: those of :class:`TestTimeAdaptation`.
-    """
+    """TENT: entropy minimization of the malignancy output, LayerNorm affine of every block (the base's args)."""
 
     config = "tent"
 
@@ -250,24 +245,27 @@ class TENT(TestTimeAdaptation):
 class CausalTTA(TestTimeAdaptation):
     """Style marginalization, causal trimming and a guarded update; each component switched by an argument.
 
+    Arguments are keyword-only (an old positional call fails instead of changing meaning).
+
     Args:
         marginalize: average the prediction over K source styles (the backdoor adjustment).
         k: source styles per batch, drawn afresh for every batch (0 = no marginalization).
         beta: weight of the factual prediction.
         style_spread: scale of the bank rows' spreads when drawing styles (0: the rows' centres).
-        trim: causal trimming (TACT).
-        trim_directions: m, the principal directions of the augmentations' feature deltas trimmed per sample
-            (0 = no trimming). Choose it on leave-one-source-out folds only.
+        trim: causal trimming (TACT); off by default (m and A are not yet chosen on leave-one-source-out folds,
+            and it costs 1 + A forwards per batch).
+        trim_directions: m, the principal directions of each sample's augmented feature set trimmed (0 = none).
+            Choose it on leave-one-source-out folds only.
         trim_augmentations: style-only augmentations per sample (m ≤ this). Same rule.
         update: the guarded LayerNorm update (off by default: the other two are gradient-free).
-        num_classes: C; the entropy thresholds are fractions of ln C.
-        entropy_margin: reliable samples have entropy < ``entropy_margin · ln C`` (SAR's E₀ = 0.4 ln C).
+        entropy_margin: reliable samples have entropy < ``entropy_margin · ln 2`` (SAR's E₀ = 0.4 ln C; the
+            malignancy output is binary).
         plpd_threshold: reliable samples lose more than this much predicted-class probability when
-            patch-shuffled (DeYO).
+            patch-shuffled (DeYO), in [−1, 1].
         deyo_weighting: weight reliable samples by 1/exp(H − E₀) + 1/exp(−PLPD) (DeYO).
         sam_rho: radius of the sharpness-aware step (SAR: 0.05; 0 = plain step).
-        collapse_margin: reset to the source weights when the running mean entropy of reliable samples falls
-            below ``collapse_margin · ln C`` (SAR's 0.2 at C = 1000, i.e. 0.2 / ln 1000).
+        collapse_margin: reset the weights to the source when the running mean entropy of reliable samples falls
+            below ``collapse_margin · ln 2`` (SAR's 0.2 at C = 1000, i.e. 0.2 / ln 1000 of ln C).
         seed, lr, steps, update_blocks, update_adapters, reset, stages: see :class:`TestTimeAdaptation`.
     """
 
@@ -275,15 +273,15 @@ class CausalTTA(TestTimeAdaptation):
 
     def __init__(
         self,
+        *,
         marginalize: bool = True,
         k: int = 4,
         beta: float = 0.25,
         style_spread: float = 1.0,
-        trim: bool = True,
+        trim: bool = False,
         trim_directions: int = 2,
         trim_augmentations: int = 8,
         update: bool = False,
-        num_classes: int = 2,
         entropy_margin: float = SAR_ENTROPY_MARGIN,
         plpd_threshold: float = 0.2,
         deyo_weighting: bool = True,
@@ -297,29 +295,25 @@ class CausalTTA(TestTimeAdaptation):
         reset: str = "domain",
         stages: list[str] | None = None,
     ) -> None:
-        super().__init__(update, lr, steps, update_blocks, update_adapters, reset, stages, seed)
+        super().__init__(update=update, lr=lr, steps=steps, update_blocks=update_blocks,
+                         update_adapters=update_adapters, reset=reset, stages=stages, seed=seed)  # fmt: skip
         checks = {
             f"k must be >= 0 (got {k})": k < 0,
             f"beta must be in [0, 1] (got {beta})": not 0.0 <= beta <= 1.0,
             f"style_spread must be >= 0 (got {style_spread})": style_spread < 0,
-            f"trim_augmentations must be >= 1 (got {trim_augmentations})": trim_augmentations < 1,
-            f"trim_directions must be in [0, trim_augmentations={trim_augmentations}] (got {trim_directions})":
-                not 0 <= trim_directions <= trim_augmentations,
-            f"num_classes must be >= 2 (got {num_classes})": num_classes < 2,
-            f"entropy_margin must be > 0 (got {entropy_margin})": entropy_margin <= 0,
-            f"sam_rho must be >= 0 (got {sam_rho})": sam_rho < 0,
-            f"collapse_margin must be >= 0 (got {collapse_margin})": collapse_margin < 0,
-        }  # fmt: skip
+        }
+        self._guard_config: dict[str, Any] = {"entropy_margin": entropy_margin, "plpd_threshold": plpd_threshold,
+                                              "sam_rho": sam_rho, "collapse_margin": collapse_margin,
+                                              "deyo_weighting": deyo_weighting}  # fmt: skip
         problems = [message for message, bad in checks.items() if bad]
+        problems += Trimmer.problems(trim_directions, trim_augmentations) + GuardedUpdate.problems(**self._guard_config)
         if problems:
             raise ConfigError("CausalTTA: " + "; ".join(problems))
         self.marginalize, self.k, self.beta, self.style_spread = marginalize, k, beta, style_spread
         self.trim, self.trim_directions, self.trim_augmentations = trim, trim_directions, trim_augmentations
-        self.num_classes = num_classes
-        self._guard_config = (num_classes, entropy_margin, plpd_threshold, sam_rho, collapse_margin, deyo_weighting)
-        self.guard = GuardedUpdate(*self._guard_config)
+        self.guard = GuardedUpdate(**self._guard_config)
         self.trimmer = Trimmer(trim_directions, trim_augmentations)
-        self._captured: Tensor | None = None
+        self._captured: Tensor | None = None  # the current batch's tokens at the style layer (detached)
         self._styles: dict[str, tuple[Tensor, Tensor]] = {}  # the styles of the latest batch, per modality
         self._hook: Any = None
 
@@ -332,43 +326,35 @@ class CausalTTA(TestTimeAdaptation):
         return self.trim and self.trim_directions > 0
 
     def check(self, pl_module: Any) -> None:
-        if self.marginalizing:
-            for modality in pl_module.encoder.modalities:
-                if len(pl_module.style_bank.styles(modality)[0]) == 0:
-                    log.warning("CausalTTA: the %s style bank is empty (train with the StyleBank callback): "
-                                "%s predictions are not marginalized", modality, modality)  # fmt: skip
+        if self.trimming:
+            self.trimmer.check(pl_module)
+        for modality in pl_module.encoder.modalities if self.marginalizing else ():
+            pl_module.style_bank.warn_if_unusable(modality, "CausalTTA")
 
     def counters(self) -> dict[str, float]:
-        return {
-            **super().counters(),
-            "collapse_resets": float(self.guard.collapses),
-            "update_steps": float(self.guard.steps),
-            "filtered_samples": float(self.guard.filtered),
-            "entropy_threshold": self.guard.e0,
-            "collapse_threshold": self.guard.collapse,
-        }
+        return {**super().counters(), **self.guard.counters()}
 
     def _start(self, pl_module: Any) -> None:
         super()._start(pl_module)
-        self._styles = {}
-        self.guard = GuardedUpdate(*self._guard_config)
+        self._styles, self._captured = {}, None
+        self.guard = GuardedUpdate(**self._guard_config)
+        self.trimmer.reset()
         if self.update:
-            log.info("CausalTTA guard (C = %d): reliable below E0 = %.4f nats, PLPD > %.2f, SAM rho %.3f, "
-                     "collapse below %.4f nats", self.num_classes, self.guard.e0, self.guard.plpd_threshold,
-                     self.guard.sam_rho, self.guard.collapse)  # fmt: skip
-        layer = pl_module.encoder.blocks[pl_module.style_bank.layer]
-        self._hook = layer.register_forward_hook(self._capture)
+            log.info("CausalTTA guard: %s", self.guard.describe())
+        if self._hook is None:
+            self._hook = pl_module.encoder.blocks[pl_module.style_bank.layer].register_forward_hook(self._capture)
 
     def _end(self, pl_module: Any) -> None:
         if self._hook is not None:
             self._hook.remove()
-            self._hook = None
+        self._hook, self._captured = None, None
         super()._end(pl_module)
 
     def _capture(self, module: Any, inputs: Any, output: Tensor) -> None:
-        self._captured = output
+        self._captured = output.detach()
 
     def _reset(self, pl_module: Any, modality: str) -> None:
+        """A new episode (domain start, or every batch with ``reset: batch``): weights, guard and trimming."""
         super()._reset(pl_module, modality)
         self.guard.restart()
         self.trimmer.reset()
@@ -376,35 +362,37 @@ class CausalTTA(TestTimeAdaptation):
     def predict(
         self, pl_module: Any, batch: dict[str, Any], out: dict[str, Tensor], modality: str
     ) -> dict[str, Tensor]:
-        tokens = self._captured  # this batch's tokens at the style layer (before other forwards replace them)
+        tokens, self._captured = self._captured, None  # this batch's tokens at the style layer, read once
         styles = None
-        if self.marginalizing and tokens is not None:
+        if self.marginalizing:
             styles = pl_module.style_bank.sample(modality, self.k, self.generator(STYLES), self.style_spread)
+        if styles is not None and (tokens is None or tokens.shape[0] != len(batch["image"])):
+            rows = None if tokens is None else tokens.shape[0]
+            raise MammopathError(
+                f"CausalTTA: the captured style-layer tokens ({rows} rows) are not this batch's "
+                f"({len(batch['image'])}): run the module on the batch just before predict()"
+            )
         if styles is None and not self.trimming:
             return out
         score = None
         if self.trimming:  # scores any feature vector of this batch's samples with trimming (and the prototypes)
-            images = batch["image"].to(pl_module.device)
-            augmented = self.trimmer.augmented_features(pl_module, images, modality, self.generator(AUGMENT))
-            score = self.trimmer.logit_fn(pl_module, out["features"], augmented)
+            score = self.trimmer.logit_fn(pl_module, batch, out["features"], modality,
+                                          self.sample_generators(AUGMENT, batch))  # fmt: skip
+            self._captured = None  # the views' forwards captured their own tokens
         factual = out["cls_logit"] if score is None else score(out["features"])
         if styles is None:
             return {**out, "cls_logit": factual}
         assert tokens is not None
         self._styles[modality] = styles
-        grid = (int(out["grid"][0]), int(out["grid"][1]))
-        image_size = (int(batch["image"].shape[-2]), int(batch["image"].shape[-1]))
-        prefix = pl_module.encoder.num_prefix_tokens
-        p = self.beta * torch.sigmoid(factual)
-        for mu, sigma in zip(*styles, strict=True):
-            styled = pl_module.forward_from(restyle(tokens, mu, sigma, prefix), modality, grid, image_size)
-            logit = styled["cls_logit"] if score is None else score(styled["features"])
-            p = p + (1 - self.beta) / self.k * torch.sigmoid(logit)
-        p = p.clamp(1e-7, 1 - 1e-7)
-        return {**out, "cls_logit": torch.log(p) - torch.log1p(-p)}
+        size = (int(batch["image"].shape[-2]), int(batch["image"].shape[-1]))
+        logit = marginalized_logit(pl_module, tokens, styles, factual, self.beta, modality, out["grid"], size, score)
+        return {**out, "cls_logit": logit}
 
     def adapt(self, pl_module: Any, batch: dict[str, Any], modality: str) -> None:
         assert self._optimizer is not None
-        images = batch["image"].to(pl_module.device)
-        if self.guard.step(pl_module, self._optimizer, images, modality, self.generator(SHUFFLE)):
-            self._reset(pl_module, modality)
+        shuffles = self.sample_generators(SHUFFLE, batch)  # one per image
+        collapsed = self.guard.step(pl_module, self._optimizer, batch["image"].to(pl_module.device), modality, shuffles)
+        self._captured = None  # the step's forwards captured their own tokens: never read by the next batch
+        if collapsed:  # weights, optimizer and guard back to the source; the trimming's prototypes are kept
+            super()._reset(pl_module, modality)
+            self.guard.restart()

@@ -2,7 +2,9 @@
 
 One step on a test batch, after it has been predicted:
 
-1. entropy H of every sample (binary: ln C = ln 2) and DeYO's PLPD against a 4 × 4 patch-shuffled copy;
+1. entropy H of every sample and DeYO's PLPD against a copy with its 4 × 4 patches shuffled (each image its own
+   permutation). The malignancy output is binary, so its entropy is at most ln 2 and the thresholds are computed
+   for C = 2 (:mod:`mammopath.tta.guard`'s functions take any C; a larger C here would only switch the filter off);
 2. reliable samples: H < E₀ = ``entropy_margin`` · ln C (SAR; 0.277 for C = 2) **and** PLPD >
    ``plpd_threshold`` (DeYO, 0.2);
 3. loss = mean over reliable samples of w · H with DeYO's weights w = 1/exp(H − E₀) + 1/exp(−PLPD)
@@ -18,21 +20,26 @@ One step on a test batch, after it has been predicted:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mammopath.errors import ConfigError
 from mammopath.tta.guard import binary_entropy, collapse_threshold, deyo_weights, entropy_threshold, patch_shuffle, plpd
 
 log = logging.getLogger(__name__)
 
 
+#: C of the malignancy output: its entropy is binary (≤ ln 2), so the thresholds are fractions of ln 2.
+BINARY = 2
+
+
 class GuardedUpdate:
-    """State and step of the guarded update (the thresholds are in nats, computed once from C).
+    """State and step of the guarded update (the thresholds are in nats, fractions of ln 2).
 
     Args:
-        num_classes: C, the scale of the thresholds (ln C).
         entropy_margin: E₀ = entropy_margin · ln C.
         plpd_threshold: DeYO's PLPD bound.
         sam_rho: SAM radius (0: a plain step).
@@ -42,20 +49,49 @@ class GuardedUpdate:
 
     def __init__(
         self,
-        num_classes: int,
+        *,
         entropy_margin: float,
         plpd_threshold: float,
         sam_rho: float,
         collapse_margin: float,
         deyo_weighting: bool,
     ) -> None:
-        self.e0 = entropy_threshold(entropy_margin, num_classes)
-        self.collapse = collapse_threshold(collapse_margin, num_classes)
+        problems = self.problems(entropy_margin=entropy_margin, plpd_threshold=plpd_threshold, sam_rho=sam_rho,
+                                 collapse_margin=collapse_margin, deyo_weighting=deyo_weighting)  # fmt: skip
+        if problems:
+            raise ConfigError("GuardedUpdate: " + "; ".join(problems))
+        self.e0 = entropy_threshold(entropy_margin, BINARY)
+        self.collapse = collapse_threshold(collapse_margin, BINARY)
         self.plpd_threshold, self.sam_rho, self.deyo_weighting = plpd_threshold, sam_rho, deyo_weighting
         self.ema: float | None = None
         self.filtered = 0  # samples left out by the reliability filter
         self.steps = 0  # optimizer steps taken
         self.collapses = 0  # resets to the source weights on collapse
+
+    @staticmethod
+    def problems(
+        *, entropy_margin: float, plpd_threshold: float, sam_rho: float, collapse_margin: float, deyo_weighting: bool
+    ) -> list[str]:
+        """What is wrong with these arguments (an empty list: nothing), each naming the argument."""
+        checks = {
+            f"entropy_margin must be > 0 (got {entropy_margin})": entropy_margin <= 0,
+            f"plpd_threshold must be in [-1, 1] (a probability difference; got {plpd_threshold})":
+                not -1.0 <= plpd_threshold <= 1.0,
+            f"sam_rho must be >= 0 (got {sam_rho})": sam_rho < 0,
+            f"collapse_margin must be >= 0 (got {collapse_margin})": collapse_margin < 0,
+        }  # fmt: skip
+        return [message for message, bad in checks.items() if bad]
+
+    def counters(self) -> dict[str, float]:
+        """What the guard did, and its thresholds (nats), logged as ``tta/*``."""
+        return {"collapse_resets": float(self.collapses), "update_steps": float(self.steps),
+                "filtered_samples": float(self.filtered), "entropy_threshold": self.e0,
+                "collapse_threshold": self.collapse}  # fmt: skip
+
+    def describe(self) -> str:
+        """The thresholds in words (logged at test start)."""
+        return (f"reliable below E0 = {self.e0:.4f} nats (C = {BINARY}), PLPD > {self.plpd_threshold:.2f}, "
+                f"SAM rho {self.sam_rho:.3f}, collapse below {self.collapse:.4f} nats")  # fmt: skip
 
     def restart(self) -> None:
         """A new episode (the weights were reset): the moving average starts again."""
@@ -72,13 +108,14 @@ class GuardedUpdate:
         optimizer: torch.optim.Optimizer,
         images: Tensor,
         modality: str,
-        generator: torch.Generator,
+        generators: Sequence[torch.Generator],
     ) -> bool:
-        """One guarded step on ``images``; True when the running entropy collapsed (the caller resets)."""
+        """One guarded step on ``images`` (``generators``: one per image, for its patch shuffle); True when the running
+        entropy collapsed (the caller resets)."""
         logit = pl_module(images, modality)["cls_logit"]
         entropy = binary_entropy(logit)
         with torch.no_grad():
-            shuffled = pl_module(patch_shuffle(images, generator=generator), modality)["cls_logit"]
+            shuffled = pl_module(patch_shuffle(images, generator=generators), modality)["cls_logit"]
             gap = plpd(logit.detach(), shuffled)
         reliable = (entropy.detach() < self.e0) & (gap > self.plpd_threshold)
         self.filtered += int((~reliable).sum())

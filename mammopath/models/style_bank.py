@@ -13,17 +13,22 @@ uniformly (the source style prior), a row of it, then μ = mean + spread · ε a
 spread · ε′). A row with zero spread is a single style (what :meth:`TokenStyleBank.fill` writes by default).
 
 Buffers, so the bank is in every checkpoint whichever callbacks are attached; the domain names travel as
-the module's extra state. Checkpoints written before the spreads existed load with zero spreads.
+the module's extra state. Checkpoints written before the spreads existed load with zero spreads (and, with
+several rows per domain, are per-image banks that carry class: ``CausalTTA`` warns, see
+:meth:`TokenStyleBank.predates_class_balance`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mammopath.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def class_balanced_styles(
@@ -143,6 +148,29 @@ class TokenStyleBank(nn.Module):
         """The filled rows' spreads ``(of μ [n, C], of log σ [n, C])`` (zero: a fixed style)."""
         filled = getattr(self, f"domain_{modality}") >= 0
         return getattr(self, f"mu_spread_{modality}")[filled], getattr(self, f"log_sigma_spread_{modality}")[filled]
+
+    def predates_class_balance(self, modality: str) -> bool:
+        """True for a bank written before class-balanced styles: several rows of one domain, all spreads zero.
+
+        Such banks (per-image statistics, loaded with zero spreads) carry their images' class; re-record them.
+        """
+        domains = self._domains(modality)
+        if len(domains) == len(set(domains)):
+            return False
+        return all(not bool(spread.any()) for spread in self.spreads(modality))
+
+    def warn_if_unusable(self, modality: str, user: str) -> None:
+        """Log a warning when a modality's bank is empty or predates class-balanced styles."""
+        if len(self.styles(modality)[0]) == 0:
+            log.warning("%s: the %s style bank is empty (train with the StyleBank callback): %s predictions are not "
+                        "marginalized", user, modality, modality)  # fmt: skip
+        elif self.predates_class_balance(modality):
+            log.warning(
+                "%s: the %s style bank predates class-balanced styles (several rows per domain, no spreads: "
+                "per-image styles that carry class); re-record it with the StyleBank callback",
+                user,
+                modality,
+            )
 
     def _domains(self, modality: str) -> list[str]:
         codes = getattr(self, f"domain_{modality}")

@@ -10,6 +10,7 @@ with C = 2 it sat below E₀ = 0.277, so almost every update was undone at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,16 +47,22 @@ def binary_entropy(logit: Tensor) -> Tensor:
     return -(p * F.logsigmoid(logit) + (1 - p) * F.logsigmoid(-logit))
 
 
-def patch_shuffle(images: Tensor, grid: int = 4, generator: torch.Generator | None = None) -> Tensor:
-    """Cut every image into grid × grid tiles and permute them (destroys shape, keeps local style)."""
+def patch_shuffle(
+    images: Tensor, grid: int = 4, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> Tensor:
+    """Cut every image into grid × grid tiles and permute them, each image its own permutation (DeYO's shuffle:
+    destroys shape, keeps local style). ``generator``: one per image (an image's permutation then depends on
+    nothing else), or one drawn from image after image."""
     b, c, h, w = images.shape
     th, tw = h // grid, w // grid
     crop = images[:, :, : th * grid, : tw * grid]
     tiles = crop.reshape(b, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, c, th, tw)
-    perm = torch.randperm(grid * grid, generator=generator)
-    tiles = (
-        tiles[:, perm].reshape(b, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, th * grid, tw * grid)
-    )
+    generators = generator if isinstance(generator, Sequence) else [generator] * b
+    if len(generators) != b:
+        raise ConfigError(f"patch_shuffle: {len(generators)} generators for {b} images; give one per image")
+    perm = torch.stack([torch.randperm(grid * grid, generator=g) for g in generators]).to(images.device)
+    tiles = torch.gather(tiles, 1, perm.view(b, grid * grid, 1, 1, 1).expand_as(tiles))
+    tiles = tiles.reshape(b, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, th * grid, tw * grid)
     out = images.clone()
     out[:, :, : th * grid, : tw * grid] = tiles
     return out
