@@ -193,7 +193,10 @@ def _adapting() -> dict[str, Any]:
             lambda: CausalTTA(k=3, seed=4, trim=False, **_adapting()),
             lambda: CausalTTA(k=3, seed=4, update=False, trim=False),
         ),
-        (lambda: CausalTTA(k=3, seed=4, **_adapting()), lambda: CausalTTA(k=3, seed=4, update=False)),
+        (
+            lambda: CausalTTA(k=3, seed=4, trim=True, **_adapting()),
+            lambda: CausalTTA(k=3, seed=4, trim=True, update=False),
+        ),
     ],
     ids=["tent", "causal_tta_update", "causal_tta_marginalized_update", "causal_tta_all_three"],
 )
