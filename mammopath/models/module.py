@@ -157,8 +157,9 @@ class MammoPathModule(L.LightningModule):
         align_encoder_grad: scale of the alignment gradient that reaches the encoder (1 = joint training; 0 =
             the alignment trains only the projectors and the temperature on the encoder's features, as LiT
             locks its image tower, while the task heads keep training the encoder). The forward pass is the same.
-        style_bank_size: source-domain token styles kept per modality for test-time adaptation (0 = none);
-            filled by the ``StyleBank`` callback, saved in every checkpoint.
+        style_bank_size: style rows kept per modality for test-time adaptation (0 = none): the ``StyleBank``
+            callback writes one class-balanced row (a Gaussian over styles) per source domain, so it must be at
+            least the number of source domains of a modality; saved in every checkpoint.
         style_layer: the block after which styles are recorded and intervened on at test time (default the
             second block, the first MixStyle layer).
         optimizer: injected optimizer (YAML ``class_path``).

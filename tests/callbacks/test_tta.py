@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -58,7 +60,12 @@ def test_no_intervention_and_no_update_is_plain_inference_exactly() -> None:
     stream = _stream(3, ["a", "a", "b"])
     with torch.no_grad():
         plain = [module(b["image"], "mammo")["cls_logit"] for b in stream]
-    for tta in (CausalTTA(k=0, update=False), CausalTTA(k=4, beta=1.0, update=False)):
+    for tta in (
+        CausalTTA(k=0, update=False, trim=False),
+        CausalTTA(k=4, beta=1.0, update=False, trim=False),
+        CausalTTA(marginalize=False, trim=False),
+        CausalTTA(marginalize=False, trim_directions=0),  # trimming with m = 0
+    ):
         assert all(torch.equal(a, b) for a, b in zip(_run(module, tta, stream), plain, strict=True))
 
 
@@ -73,13 +80,13 @@ def test_marginalization_equals_the_backdoor_formula_and_forward_from_is_exact()
     with torch.no_grad():  # re-running the later blocks from the captured tokens is the same forward
         again = module.forward_from(captured[0], "mammo", (4, 4), (32, 32))
     torch.testing.assert_close(again["cls_logit"], out["cls_logit"], atol=1e-6, rtol=0)
-    tta = CausalTTA(k=3, beta=0.25, update=False, seed=5)
+    tta = CausalTTA(k=3, beta=0.25, update=False, seed=5, trim=False)
     tta._start(module)
     with torch.no_grad():
         out = module(images, "mammo")
         got = torch.sigmoid(tta.transform(module, {"image": images, "domain": ["x"] * 3, "modality": ["mammo"] * 3},
                                           out, "test")["cls_logit"])  # fmt: skip
-        mu, sigma = tta._styles["mammo"]
+        mu, sigma = tta._styles["mammo"]  # the styles drawn for this batch
         expected = 0.25 * torch.sigmoid(out["cls_logit"])
         for k in range(3):
             styled = restyle(captured[0], mu[k], sigma[k], module.encoder.num_prefix_tokens)
@@ -149,7 +156,7 @@ def test_through_the_trainer_bank_checkpoint_inference_mode_and_source_weights(
     trainer = _trainer(tmp_path, [StyleBank()], max_steps=2, limit_val_batches=1)
     trainer.fit(module, data)
     mu, _, domains = module.style_bank.styles("patho")
-    assert len(mu) == 8 and set(domains) == {"centre_1", "centre_2"}  # source domains only
+    assert domains == ["centre_1", "centre_2"]  # one class-balanced row per source domain, source domains only
     trainer.save_checkpoint(tmp_path / "bank.ckpt")
     restored = MammoPathModule.load_from_checkpoint(tmp_path / "bank.ckpt", weights_only=True)
     r_mu, r_sigma, r_domains = restored.style_bank.styles("patho")
@@ -160,26 +167,38 @@ def test_through_the_trainer_bank_checkpoint_inference_mode_and_source_weights(
         _trainer(tmp_path, [CausalTTA()], limit_test_batches=2).test(module, data)
     before = _tensors(module)
     tta = CausalTTA(update=True, entropy_margin=10.0, plpd_threshold=-1.0)
-    _trainer(tmp_path, [tta], limit_test_batches=3, inference_mode=False).test(module, data)
+    tester = _trainer(tmp_path, [tta], limit_test_batches=3, inference_mode=False)
+    tester.test(module, data)
     assert tta.adapted_batches > 0 and tta.resets >= 1
     assert all(torch.equal(before[k], v) for k, v in _tensors(module).items())  # source weights untouched
+    logged = tester.callback_metrics  # the counters and the thresholds (nats) are logged under tta/
+    assert float(logged["tta/resets"]) == tta.resets and float(logged["tta/adapted_batches"]) == tta.adapted_batches
+    assert float(logged["tta/entropy_threshold"]) == pytest.approx(10.0 * math.log(2))
+    assert float(logged["tta/collapse_threshold"]) == pytest.approx(0.2 / math.log(1000) * math.log(2))
     scores = module.evaluation.result("test").predictions["score"]
     assert scores.between(0, 1).all()
 
 
 def _adapting() -> dict[str, Any]:
     """CausalTTA settings under which every sample is reliable, so the guarded update really steps."""
-    return {"update": True, "entropy_margin": 10.0, "plpd_threshold": -1.0, "collapse_entropy": 0.0, "lr": 0.05}
+    return {"update": True, "entropy_margin": 10.0, "plpd_threshold": -1.0, "collapse_margin": 0.0, "lr": 0.05}
 
 
 @pytest.mark.parametrize(
     ("make", "reference"),
     [
         (lambda: TENT(lr=0.05), lambda: None),
-        (lambda: CausalTTA(k=0, **_adapting()), lambda: None),
-        (lambda: CausalTTA(k=3, seed=4, **_adapting()), lambda: CausalTTA(k=3, seed=4, update=False)),
+        (lambda: CausalTTA(k=0, trim=False, **_adapting()), lambda: None),
+        (
+            lambda: CausalTTA(k=3, seed=4, trim=False, **_adapting()),
+            lambda: CausalTTA(k=3, seed=4, update=False, trim=False),
+        ),
+        (
+            lambda: CausalTTA(k=3, seed=4, trim=True, **_adapting()),
+            lambda: CausalTTA(k=3, seed=4, trim=True, update=False),
+        ),
     ],
-    ids=["tent", "causal_tta_update", "causal_tta_marginalized_update"],
+    ids=["tent", "causal_tta_update", "causal_tta_marginalized_update", "causal_tta_all_three"],
 )
 def test_a_batch_is_predicted_before_it_is_adapted_on(make, reference) -> None:
     """The first batch of each domain gets the source prediction exactly; batch i the weights of batches < i."""
@@ -207,8 +226,8 @@ def test_a_batch_is_predicted_before_it_is_adapted_on(make, reference) -> None:
     torch.testing.assert_close(adapted[1], expected, atol=1e-6, rtol=0)
 
 
-def test_style_bank_entries_carry_the_domain_of_the_image_they_were_recorded_from(synth_root: Path) -> None:
-    """On training rows whose order mixes domains, each stored style is labelled with its own image's domain."""
+def test_style_bank_rows_are_the_class_balanced_styles_of_their_own_domain(synth_root: Path) -> None:
+    """On training rows whose order mixes domains, each domain's row is computed from that domain's images only."""
     from types import SimpleNamespace
 
     from mammopath.callbacks.style_bank import record_styles
@@ -219,21 +238,31 @@ def test_style_bank_entries_carry_the_domain_of_the_image_they_were_recorded_fro
     train = manifest[(manifest["modality"] == "patho") & (manifest["split"] == "train")]
     train = train[train["domain"].isin(["centre_1", "centre_2"])]
     one, two = (train[train["domain"] == d].reset_index(drop=True) for d in ("centre_1", "centre_2"))
-    n = min(len(one), len(two), 6)
+    n = min(len(one), len(two), 8)
     mixed = pd.concat([one.iloc[:n], two.iloc[:n]]).sort_index(kind="stable")  # centre_1, centre_2, centre_1, ...
     assert list(mixed["domain"].iloc[:4]) == ["centre_1", "centre_2", "centre_1", "centre_2"]
     dataset = ManifestDataset(mixed, synth_root, image_size=32)
+    labels = dataset.rows["label"].astype(int).to_numpy()
+    for domain in ("centre_1", "centre_2"):  # both classes in both domains, or the test proves nothing
+        assert set(labels[dataset.rows["domain"].to_numpy() == domain]) == {0, 1}
     module = MammoPathModule(img_size=32, model_kwargs=TINY, freeze="full", style_bank_size=6).eval()
     trainer = SimpleNamespace(datamodule=SimpleNamespace(datasets={"train": {"patho": dataset}}), callbacks=[],
                               current_epoch=0)  # fmt: skip
-    StyleBank(batch_size=4).record(trainer, module)  # type: ignore[arg-type]
-    mu, _, domains = module.style_bank.styles("patho")
-    assert len(mu) == 6 and sorted(domains) == ["centre_1"] * 3 + ["centre_2"] * 3
-    # independent: the style of every training image, then each bank entry matched to the image it equals
+    StyleBank(images_per_class=16, batch_size=4).record(trainer, module)  # type: ignore[arg-type]
+    mu, sigma, domains = module.style_bank.styles("patho")
+    mu_spread, log_sigma_spread = module.style_bank.spreads("patho")
+    assert domains == ["centre_1", "centre_2"]  # one row per source domain
+    # independent: every image's style, then per domain the mean of the two class means (numpy)
     with torch.no_grad():
         images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-        every, _ = record_styles(module, images, "patho")
-    for entry, domain in zip(mu, domains, strict=True):
-        distance = (every - entry).abs().amax(dim=1)
-        match = int(distance.argmin())
-        assert float(distance[match]) < 1e-5 and dataset.rows["domain"].iloc[match] == domain
+        every_mu, every_sigma = (t.double().numpy() for t in record_styles(module, images, "patho"))
+    where = dataset.rows["domain"].to_numpy()
+    for row, domain in enumerate(domains):
+        groups = [(where == domain) & (labels == c) for c in (0, 1)]
+        expected_mu = np.mean([every_mu[g].mean(axis=0) for g in groups], axis=0)
+        expected_log_sigma = np.mean([np.log(every_sigma[g]).mean(axis=0) for g in groups], axis=0)
+        spread = np.sqrt(np.mean([every_mu[g].var(axis=0) for g in groups], axis=0))
+        np.testing.assert_allclose(mu[row].double().numpy(), expected_mu, atol=1e-5)
+        np.testing.assert_allclose(sigma[row].double().log().numpy(), expected_log_sigma, atol=1e-5)
+        np.testing.assert_allclose(mu_spread[row].double().numpy(), spread, atol=1e-5)
+        assert bool((log_sigma_spread[row] >= 0).all())
