@@ -39,8 +39,9 @@ from typing import Any
 from mammopath.errors import ConfigError
 from mammopath.synth.styles import MammoStyle, PathoStyle
 
-#: 2.5: 2.4 (ladder step 3: 1.5 × training sizes) with half of a tumour patch irregular (amendment 4)
-GENERATOR_VERSION = "2.5"
+#: 2.6: 2.4 (ladder step 3: 1.5 × training sizes) with 40% of a tumour patch irregular (amendment 4, step 5;
+#: 2.5: 50%, step 4)
+GENERATOR_VERSION = "2.6"
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ NUCLEAR_AREA = 0.16  # fraction of a cell covered by nuclei, both classes
 NORMAL_RADIUS = 3.2  # level-0 px: the small round nuclei of the gland rings
 TUMOUR_RADIUS = (4.5, 6.5)  # level-0 px: the semi-minor axis of tumour nuclei, drawn uniformly
 TUMOUR_ASPECT = (1.2, 1.8)  # their elongation, drawn uniformly
-#: share of a tumour patch's nuclear area in large irregular nuclei, the rest in gland rings (generator 2.5,
-#: pre-registration amendment 4; 2.3-2.4: 0.7; 2.2: 0.4; 2.0-2.1: 1.0)
-TUMOUR_IRREGULAR = 0.5
+#: share of a tumour patch's nuclear area in large irregular nuclei, the rest in gland rings (generator 2.6,
+#: ladder step 5 of pre-registration amendment 4; 2.5: 0.5; 2.3-2.4: 0.7; 2.2: 0.4; 2.0-2.1: 1.0)
+TUMOUR_IRREGULAR = 0.4
 
 
 def _disk(radius: float, aspect: float = 1.0, angle: float = 0.0) -> np.ndarray:
