@@ -63,7 +63,8 @@ def test_a_callback_added_to_base_reaches_every_fold_and_method(
     early_stop = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/auroc"}}
     method.write_text(yaml.safe_dump({"method": "early_stop", "trainer": {"callbacks+": [early_stop]}}))
     erm = REPO / "experiments" / "baselines" / "erm.yaml"
-    expected = ["ModelCheckpoint", "RichProgressBar", "ResultsWriter", "PredictionWriter", "LearningRateMonitor"]
+    expected = ["ModelCheckpoint", "ModelCheckpoint", "RichProgressBar", "ResultsWriter", "PredictionWriter",
+                "LearningRateMonitor"]  # fmt: skip
     for fold in FOLDS:
         plain = resolved(capsys, new_base, PUBLIC, fold)
         assert callback_names(plain) == expected, fold.name
