@@ -194,8 +194,8 @@ def _adapting() -> dict[str, Any]:
             lambda: CausalTTA(k=3, seed=4, update=False, trim=False),
         ),
         (
-            lambda: CausalTTA(k=3, seed=4, trim=True, **_adapting()),
-            lambda: CausalTTA(k=3, seed=4, trim=True, update=False),
+            lambda: CausalTTA(k=3, seed=4, trim=True, trim_directions=1, trim_augmentations=2, **_adapting()),
+            lambda: CausalTTA(k=3, seed=4, trim=True, trim_directions=1, trim_augmentations=2, update=False),
         ),
     ],
     ids=["tent", "causal_tta_update", "causal_tta_marginalized_update", "causal_tta_all_three"],
