@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from helpers import tiny_fit_args
 
 from mammopath.cli import main
 
@@ -29,21 +30,11 @@ def test_last_ckpt_is_written_every_epoch_and_best_only_on_improvement(synth_roo
     # lr 0: the validation AUROC never changes, so `best` is saved once and never again; a killed run must still
     # resume from its latest epoch (Lightning's save_last alone would leave last.ckpt at epoch 0)
     (tmp_path / "ckpt.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": _checkpointing(config)}}))
-    args = [
-        "fit",
-        "--config", str(REPO / "tests/conf/tiny.yaml"),
-        "--config", str(REPO / "tests/conf/synth.yaml"),
-        "--config", str(tmp_path / "ckpt.yaml"),
-        f"--data.manifest={synth_root / 'manifest.csv'}",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.max_epochs=3",
-        "--trainer.limit_train_batches=1",
-        "--trainer.limit_val_batches=2",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_checkpointing=true",
-        "--model.optimizer.init_args.lr=0.0",
-        "--model.optimizer.init_args.weight_decay=0.0",
-    ]  # fmt: skip
+    args = tiny_fit_args(
+        synth_root, tmp_path, "--config", str(tmp_path / "ckpt.yaml"), "--trainer.max_epochs=3",
+        "--trainer.limit_train_batches=1", "--trainer.enable_checkpointing=true",
+        "--model.optimizer.init_args.lr=0.0", "--model.optimizer.init_args.weight_decay=0.0",
+    )  # fmt: skip
     assert main(args) == 0
     found = {p.name: p for p in tmp_path.rglob("*.ckpt")}
     assert set(found) == {"best.ckpt", "last.ckpt"}, sorted(found)

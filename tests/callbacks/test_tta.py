@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import TTA_TINY, tta_module, tta_run, tta_stream
 
 from mammopath.callbacks.style_bank import StyleBank
 from mammopath.callbacks.tta import TENT, CausalTTA
@@ -19,40 +20,18 @@ from mammopath.dg import restyle
 from mammopath.errors import ConfigError
 from mammopath.models.module import MammoPathModule
 
-TINY = {"patch_size": 8, "depth": 3, "embed_dim": 48}
+TINY = TTA_TINY
 
 
 def _module() -> MammoPathModule:
-    torch.manual_seed(0)
-    module = MammoPathModule(img_size=32, model_kwargs=TINY, freeze="full", style_bank_size=8).eval()
-    g = torch.Generator().manual_seed(1)
-    for m in ("mammo", "patho"):
-        mu, sigma = torch.randn(8, 48, generator=g) * 0.3, 0.5 + torch.rand(8, 48, generator=g)
-        module.style_bank.fill(m, mu, sigma, ["a"] * 4 + ["b"] * 4)
-    return module
+    return tta_module(rows_per_domain=4)
 
 
-def _stream(n: int, domains: list[str], seed: int = 2) -> list[dict[str, Any]]:
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {"image": torch.rand(4, 1, 32, 32, generator=g), "domain": [domains[i]] * 4, "modality": ["mammo"] * 4}
-        for i in range(n)
-    ]
+_stream, _run = tta_stream, tta_run
 
 
 def _tensors(module: MammoPathModule) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
-
-
-def _run(module: MammoPathModule, tta: Any, stream: list[dict[str, Any]]) -> list[torch.Tensor]:
-    tta._start(module)
-    scores = []
-    for batch in stream:
-        with torch.no_grad():
-            out = module(batch["image"], "mammo")
-        scores.append(tta.transform(module, batch, out, "test")["cls_logit"].detach().clone())
-    tta._end(module)
-    return scores
 
 
 def test_no_intervention_and_no_update_is_plain_inference_exactly() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TTA_TINY, tta_module, tta_run, tta_stream
 
 from mammopath.callbacks.tta import AUGMENT, CausalTTA
 from mammopath.errors import ConfigError
@@ -28,37 +29,14 @@ from mammopath.tta import (
     trim,
 )
 
-TINY = {"patch_size": 8, "depth": 3, "embed_dim": 48}
+TINY = TTA_TINY
 
 
 def _module() -> MammoPathModule:
-    torch.manual_seed(0)
-    module = MammoPathModule(img_size=32, model_kwargs=TINY, freeze="full", style_bank_size=8).eval()
-    g = torch.Generator().manual_seed(1)
-    for m in ("mammo", "patho"):
-        mu, sigma = torch.randn(2, 48, generator=g) * 0.3, 0.5 + torch.rand(2, 48, generator=g)
-        module.style_bank.fill(m, mu, sigma, ["a", "b"], torch.rand(2, 48, generator=g) * 0.1,
-                               torch.rand(2, 48, generator=g) * 0.1)  # fmt: skip
-    return module
+    return tta_module(rows_per_domain=1, spreads=True)
 
 
-def _stream(n: int, domains: list[str], seed: int = 2) -> list[dict[str, Any]]:
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {"image": torch.rand(4, 1, 32, 32, generator=g), "domain": [domains[i]] * 4, "modality": ["mammo"] * 4}
-        for i in range(n)
-    ]
-
-
-def _run(module: MammoPathModule, tta: CausalTTA, stream: list[dict[str, Any]]) -> list[torch.Tensor]:
-    tta._start(module)
-    scores = []
-    for batch in stream:
-        with torch.no_grad():
-            out = module(batch["image"], "mammo")
-        scores.append(tta.transform(module, batch, out, "test")["cls_logit"].detach().clone())
-    tta._end(module)
-    return scores
+_stream, _run = tta_stream, tta_run
 
 
 def _layernorms(module: MammoPathModule) -> dict[str, torch.Tensor]:
